@@ -1,0 +1,50 @@
+# The two commands of the README: `make demo` and `make test`.
+# Both create .venv and install what they need on a fresh Debian machine.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
+
+.PHONY: demo test lint bench bench-smoke check-config schema clean system-deps
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test,lint]'
+	@rm -f $(VENV)/.installed-*
+	@touch $@
+
+venv: $(STAMP)
+
+# Debian packages the tests use (none are needed yet; the list grows with the suite).
+SYSTEM_PACKAGES :=
+system-deps:
+	@missing=""; for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then echo "installing:$$missing"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; fi
+
+demo: $(STAMP)
+	$(VENV)/bin/session-bridge demo
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check bridge tests bench
+	$(VENV)/bin/ruff format --check bridge tests bench
+	$(VENV)/bin/mypy bridge
+
+# Every test, with branch coverage; bridge/core and bridge/protocol must stay at 100 %.
+test: $(STAMP) system-deps
+	$(PY) -m pytest --cov=bridge --cov-report= $(PYTEST_ARGS)
+	$(PY) -m coverage report --include='bridge/core/*,bridge/protocol/*' --fail-under=100
+	$(MAKE) bench-smoke
+
+bench: $(STAMP)
+	$(PY) bench/fanout.py
+
+bench-smoke: $(STAMP)
+	$(PY) bench/fanout.py --smoke
+
+schema: $(STAMP)
+	$(VENV)/bin/session-bridge schema --output config/bridge.schema.json
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .coverage htmlcov .hypothesis

@@ -1,0 +1,146 @@
+"""``make_app(config)`` → the bridge's aiohttp application.
+
+Resources (the upstream HTTP session, the runtime and its tasks) start and
+stop in ``cleanup_ctx``; live sockets close in ``on_shutdown``.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import aiohttp
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from .config import Config
+from .metrics import Metrics
+from .protocol.types import valid_id
+from .runtime import Bridge
+from .transports.common import BRIDGE, CONFIG, METRICS, json_error
+from .transports.websocket import websocket_handler
+from .upstream.client import UpstreamClient
+
+log = logging.getLogger("bridge.app")
+
+STATIC = Path(__file__).parent / "static"
+STATIC_FILES = {
+    "/bridge/client.js": ("bridge-client.js", "text/javascript"),
+    "/bridge/client.d.ts": ("bridge-client.d.ts", "application/typescript"),
+}
+PUSH_MAX_BYTES = 8 * 1024 * 1024
+
+
+async def _runtime_ctx(app: web.Application) -> AsyncIterator[None]:
+    cfg = app[CONFIG]
+    connector = aiohttp.TCPConnector(limit=100, limit_per_host=100)
+    async with aiohttp.ClientSession(connector=connector) as http:
+        upstream = UpstreamClient(cfg.upstream, http, app[METRICS])
+        bridge = Bridge(cfg, upstream, app[METRICS])
+        app[BRIDGE] = bridge
+        bridge.start()
+        try:
+            yield
+        finally:
+            await bridge.stop()
+
+
+async def _on_shutdown(app: web.Application) -> None:
+    bridge = app.get(BRIDGE)
+    if bridge is not None:
+        bridge.closing = True
+        for conn in list(bridge.connections.values()):
+            conn.close(1001, "server shutting down")
+
+
+async def health(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def ready(request: web.Request) -> web.Response:
+    bridge = request.app.get(BRIDGE)
+    if bridge is None or bridge.closing:
+        return web.json_response({"status": "draining"}, status=503)
+    return web.json_response(
+        {
+            "status": "ready",
+            "sessions": len(bridge.sessions),
+            "connections": len(bridge.connections),
+            "upstream": {"breaker": bridge.upstream.breaker_state()},
+        }
+    )
+
+
+async def metrics(request: web.Request) -> web.Response:
+    request.app[BRIDGE].refresh_scrape_gauges()
+    body = generate_latest(request.app[METRICS].registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def push(request: web.Request) -> web.Response:
+    """The legacy app (or anything holding the secret) pushes a session's new state."""
+    cfg = request.app[CONFIG]
+    assert cfg.upstream.push is not None
+    expected = f"Bearer {cfg.upstream.push.secret}".encode()
+    given = request.headers.get("Authorization", "").encode()
+    if not hmac.compare_digest(given, expected):
+        return json_error(
+            401, "unauthorized", "a valid 'Authorization: Bearer <secret>' is required"
+        )
+    if request.content_length is not None and request.content_length > PUSH_MAX_BYTES:
+        return json_error(413, "too_big", f"push bodies are limited to {PUSH_MAX_BYTES} bytes")
+    try:
+        body = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return json_error(400, "bad_message", "the body must be JSON")
+    if not isinstance(body, dict) or "state" not in body:
+        return json_error(400, "bad_message", 'expected {"sessionId": "...", "state": {...}}')
+    session_id = body.get("sessionId")
+    if not valid_id(session_id):
+        return json_error(400, "bad_request", "sessionId must be 1-128 of [A-Za-z0-9._:@-]")
+    bridge = request.app[BRIDGE]
+    session = bridge.sessions.get(str(session_id))
+    if session is None:
+        return web.json_response({"accepted": True, "live": False}, status=202)
+    changed = bridge.publish_state(session, body["state"], "push", time.monotonic())
+    return web.json_response(
+        {"accepted": True, "live": True, "changed": changed, "seq": session.hub.log.head},
+        status=202,
+    )
+
+
+def _static_handler(
+    filename: str, content_type: str
+) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    path = STATIC / filename
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        resp = web.FileResponse(path, headers={"Cache-Control": "public, max-age=300"})
+        resp.content_type = content_type
+        return resp
+
+    return handler
+
+
+def make_app(cfg: Config, *, registry_metrics: Metrics | None = None) -> web.Application:
+    """Build the application. Nothing starts until it runs (cleanup_ctx)."""
+    app = web.Application(client_max_size=max(cfg.limits.max_message_bytes, 1024 * 1024))
+    app[CONFIG] = cfg
+    app[METRICS] = registry_metrics or Metrics()
+    app.cleanup_ctx.append(_runtime_ctx)
+    app.on_shutdown.append(_on_shutdown)
+    p = cfg.paths
+    app.router.add_get(p.websocket, websocket_handler)
+    app.router.add_get(p.health, health)
+    app.router.add_get(p.ready, ready)
+    app.router.add_get(p.metrics, metrics)
+    if cfg.upstream.push is not None:
+        app.router.add_post(cfg.upstream.push.path, push)
+    for url, (filename, ctype) in STATIC_FILES.items():
+        if (STATIC / filename).exists():
+            app.router.add_get(url, _static_handler(filename, ctype))
+    return app

@@ -1,0 +1,155 @@
+"""``session-bridge``: run | demo | check-config | schema.
+
+(The console script is not called ``bridge``: that is iproute2's command.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from pathlib import Path
+
+from aiohttp import web
+
+from .config import Config, config_from_dict, json_schema, load_config
+from .exceptions import ConfigError
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="session-bridge",
+        description="WebSocket/SSE/long-poll sidecar in front of a legacy estimation app.",
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run the bridge with a YAML config")
+    run.add_argument("--config", "-c", required=True, help="YAML configuration file")
+    run.add_argument("--host", help="override listen.host")
+    run.add_argument("--port", type=int, help="override listen.port")
+    run.add_argument("--debug", action="store_true", help="log each connection's lifecycle")
+    demo = sub.add_parser("demo", help="run the bundled legacy backend behind the bridge")
+    demo.add_argument("--host", default="127.0.0.1")
+    demo.add_argument("--port", type=int, default=8080, help="bridge port (default 8080)")
+    demo.add_argument("--backend-port", type=int, default=0, help="legacy app port (default: any)")
+    check = sub.add_parser("check-config", help="validate a YAML config; exit 1 with the problems")
+    check.add_argument("file")
+    schema = sub.add_parser("schema", help="print the JSON Schema of the config file")
+    schema.add_argument("--output", "-o", help="write it to this file instead")
+    return p
+
+
+def _override(cfg: Config, host: str | None, port: int | None, debug: bool) -> Config:
+    listen = cfg.listen
+    if host is not None or port is not None:
+        listen = type(listen)(host=host or listen.host, port=listen.port if port is None else port)
+    logging_cfg = cfg.logging
+    if debug:
+        logging_cfg = type(logging_cfg)(level="debug", format=logging_cfg.format, debug=True)
+    return cfg.replace(listen=listen, logging=logging_cfg)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .app import make_app
+    from .logsetup import setup_logging
+
+    try:
+        cfg = _override(load_config(args.config), args.host, args.port, args.debug)
+    except ConfigError as exc:
+        print(f"session-bridge: {args.config}: {exc}", file=sys.stderr)
+        return 1
+    setup_logging(cfg.logging)
+    web.run_app(
+        make_app(cfg),
+        host=cfg.listen.host,
+        port=cfg.listen.port,
+        shutdown_timeout=cfg.shutdown.timeout,
+        print=lambda _: print(
+            f"session-bridge listening on http://{cfg.listen.host}:{cfg.listen.port}"
+            f" → upstream {cfg.upstream.url}",
+            flush=True,
+        ),
+        access_log=None,
+    )
+    return 0
+
+
+async def _demo(host: str, port: int, backend_port: int) -> None:
+    from .app import make_app
+    from .demo.backend import make_backend_app
+    from .demo.page import add_demo_page
+
+    backend = web.AppRunner(make_backend_app(), access_log=None)
+    await backend.setup()
+    await web.TCPSite(backend, "127.0.0.1", backend_port).start()
+    actual_backend_port = backend.addresses[0][1]
+    cfg = config_from_dict(
+        {
+            "listen": {"host": host, "port": port},
+            "upstream": {"url": f"http://127.0.0.1:{actual_backend_port}"},
+            "presence": {"grace": "10s"},
+        }
+    )
+    app = make_app(cfg)
+    add_demo_page(app)
+    bridge = web.AppRunner(app, access_log=None)
+    await bridge.setup()
+    try:
+        await web.TCPSite(bridge, host, port).start()
+    except OSError as exc:
+        await backend.cleanup()
+        raise SystemExit(
+            f"session-bridge demo: cannot listen on {host}:{port}: {exc.strerror}"
+        ) from None
+    shown = "127.0.0.1" if host in ("0.0.0.0", "") else host
+    print(f"legacy estimation backend: http://127.0.0.1:{actual_backend_port}", flush=True)
+    print(f"planning poker through the bridge: http://{shown}:{port}/", flush=True)
+    print("open it in two browser tabs; Ctrl-C stops the demo", flush=True)
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await bridge.cleanup()
+        await backend.cleanup()
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    import logging
+
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        asyncio.run(_demo(args.host, args.port, args.backend_port))
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    try:
+        cfg = load_config(args.file)
+    except ConfigError as exc:
+        print(f"{args.file}: {exc}", file=sys.stderr)
+        return 1
+    print(f"{args.file}: ok (upstream {cfg.upstream.url}, {len(cfg.upstream.commands)} commands)")
+    return 0
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    text = json.dumps(json_schema(), indent=2) + "\n"
+    if args.output:
+        Path(args.output).write_text(text, encoding="utf-8")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    handlers = {
+        "run": cmd_run,
+        "demo": cmd_demo,
+        "check-config": cmd_check_config,
+        "schema": cmd_schema,
+    }
+    return handlers[args.command](args)

@@ -1,0 +1,640 @@
+"""Configuration: YAML in, a validated and frozen :class:`Config` out.
+
+Rules of this file:
+
+1. The dataclasses below are the single source of truth. :func:`load_config`
+   validates against them and :func:`json_schema` is generated from them, so
+   the schema in ``config/bridge.schema.json`` can never drift from the code.
+2. Validation collects every problem before failing; each problem starts with
+   the key's dotted path and says what was expected.
+3. Nothing here starts anything or exits: callers decide what to do with a
+   :class:`~bridge.exceptions.ConfigError`.
+
+Durations are ``200ms``, ``5s``, ``1m``, ``1h`` (or a bare number of
+seconds); sizes are ``512``, ``64KiB``, ``1MiB`` (``KB``/``MB`` are decimal).
+``${NAME}`` reads the environment, ``${NAME:-default}`` gives a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import re
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
+
+import yaml
+
+from .exceptions import ConfigError
+
+# --------------------------------------------------------------------------- markers
+
+
+@dataclass(frozen=True)
+class _Duration:
+    """Marks a float field holding seconds, written as ``200ms``/``5s``/``1m``."""
+
+    minimum: float = 0.0
+
+
+@dataclass(frozen=True)
+class _Size:
+    """Marks an int field holding bytes, written as ``64KiB``/``1MiB``."""
+
+    minimum: int = 0
+
+
+@dataclass(frozen=True)
+class _Range:
+    minimum: float | None = None
+    maximum: float | None = None
+
+
+@dataclass(frozen=True)
+class _Doc:
+    text: str
+
+
+def doc(text: str) -> _Doc:
+    return _Doc(text)
+
+
+Duration = Annotated[float, _Duration()]
+PositiveDuration = Annotated[float, _Duration(minimum=0.001)]
+Size = Annotated[int, _Size()]
+PositiveSize = Annotated[int, _Size(minimum=1)]
+Port = Annotated[int, _Range(0, 65535)]
+Count = Annotated[int, _Range(1, None)]
+Fraction = Annotated[float, _Range(0.0, 1.0)]
+JSONTemplate = Annotated[Any, "json"]
+
+HTTPMethod = Literal["GET", "POST", "PUT", "PATCH", "DELETE"]
+
+# --------------------------------------------------------------------------- sections
+
+
+@dataclass(frozen=True)
+class Listen:
+    host: str = "127.0.0.1"
+    port: Port = 8080
+
+
+@dataclass(frozen=True)
+class Paths:
+    websocket: str = "/api/websocket"
+    events: str = "/api/events"
+    poll: str = "/api/poll"
+    messages: str = "/api/messages"
+    metrics: str = "/metrics"
+    health: str = "/healthz"
+    ready: str = "/readyz"
+
+
+@dataclass(frozen=True)
+class Retry:
+    attempts: Count = 3
+    initial: Duration = 0.2
+    max: Duration = 5.0
+    jitter: Fraction = 0.5
+
+
+@dataclass(frozen=True)
+class Breaker:
+    failures: Count = 5
+    recovery: PositiveDuration = 10.0
+
+
+@dataclass(frozen=True)
+class Route:
+    path: str
+    method: HTTPMethod = "POST"
+    json: JSONTemplate = None
+    idempotent: bool = False
+
+
+@dataclass(frozen=True)
+class Keepalive:
+    path: str
+    method: HTTPMethod = "POST"
+    json: JSONTemplate = None
+    every: PositiveDuration = 10.0
+
+
+@dataclass(frozen=True)
+class StateRoute:
+    path: str = "/api/sessions/{sessionId}"
+    method: HTTPMethod = "GET"
+    every: PositiveDuration = 1.0
+    select: str | None = None
+
+
+@dataclass(frozen=True)
+class Push:
+    path: str = "/bridge/push"
+    secret: str = ""
+
+
+def _default_commands() -> dict[str, Route]:
+    return {
+        "join": Route(
+            method="POST",
+            path="/api/sessions/{sessionId}/join",
+            json={"userId": "{userId}", "name": "{params.name?}"},
+        ),
+        "vote": Route(
+            method="PUT",
+            path="/api/sessions/{sessionId}/votes/{userId}",
+            json={"vote": "{payload.vote}"},
+            idempotent=True,
+        ),
+        "reveal": Route(method="POST", path="/api/sessions/{sessionId}/reveal"),
+        "reset": Route(method="POST", path="/api/sessions/{sessionId}/reset"),
+        "leave": Route(
+            method="POST", path="/api/sessions/{sessionId}/leave", json={"userId": "{userId}"}
+        ),
+    }
+
+
+def _default_keepalive() -> Keepalive:
+    return Keepalive(
+        method="POST",
+        path="/api/sessions/{sessionId}/heartbeat",
+        json={"userId": "{userId}"},
+        every=10.0,
+    )
+
+
+@dataclass(frozen=True)
+class Upstream:
+    url: str
+    timeout: PositiveDuration = 5.0
+    retry: Retry = field(default_factory=Retry)
+    breaker: Breaker = field(default_factory=Breaker)
+    forward_headers: tuple[str, ...] = ("cookie", "authorization")
+    commands: Mapping[str, Route] = field(default_factory=_default_commands)
+    keepalive: Keepalive | None = field(default_factory=_default_keepalive)
+    state: StateRoute = field(default_factory=StateRoute)
+    push: Push | None = None
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    interval: PositiveDuration = 25.0
+    timeout: PositiveDuration = 60.0
+
+
+@dataclass(frozen=True)
+class Presence:
+    grace: Duration = 45.0
+
+
+@dataclass(frozen=True)
+class Replay:
+    max_messages: Count = 1000
+    max_bytes: PositiveSize = 1024 * 1024
+    max_age: PositiveDuration = 300.0
+
+
+@dataclass(frozen=True)
+class Dedupe:
+    window: PositiveDuration = 600.0
+
+
+@dataclass(frozen=True)
+class Reconnect:
+    initial: PositiveDuration = 1.0
+    factor: Annotated[float, _Range(1.0, None)] = 2.0
+    max: PositiveDuration = 30.0
+    jitter: Fraction = 0.5
+    upgrade_interval: PositiveDuration = 60.0
+
+
+@dataclass(frozen=True)
+class Codecs:
+    msgpack: bool = True
+    gzip_min_bytes: Size = 1024
+    websocket_deflate: bool = True
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_message_bytes: PositiveSize = 64 * 1024
+    max_connections: Count = 20000
+    max_clients_per_session: Count = 1000
+    max_connections_per_ip: Count = 200
+    commands_per_second: Annotated[float, _Range(0.001, None)] = 20.0
+    handshake_timeout: PositiveDuration = 10.0
+    send_queue_bytes: PositiveSize = 256 * 1024
+    max_poll_wait: PositiveDuration = 25.0
+
+
+@dataclass(frozen=True)
+class Admin:
+    token: str = ""
+
+
+@dataclass(frozen=True)
+class Security:
+    allowed_origins: tuple[str, ...] = ()
+    require_origin: bool = False
+    token_secret: str = ""
+    token_ttl: PositiveDuration = 24 * 3600.0
+
+
+@dataclass(frozen=True)
+class Shutdown:
+    timeout: Duration = 30.0
+
+
+@dataclass(frozen=True)
+class Backplane:
+    kind: Literal["memory", "redis"] = "memory"
+    url: str = "redis://127.0.0.1:6379/0"
+
+
+@dataclass(frozen=True)
+class Logging:
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["text", "json"] = "text"
+    debug: bool = False
+
+
+@dataclass(frozen=True)
+class Config:
+    upstream: Upstream
+    listen: Listen = field(default_factory=Listen)
+    paths: Paths = field(default_factory=Paths)
+    heartbeat: Heartbeat = field(default_factory=Heartbeat)
+    presence: Presence = field(default_factory=Presence)
+    replay: Replay = field(default_factory=Replay)
+    dedupe: Dedupe = field(default_factory=Dedupe)
+    reconnect: Reconnect = field(default_factory=Reconnect)
+    codecs: Codecs = field(default_factory=Codecs)
+    limits: Limits = field(default_factory=Limits)
+    admin: Admin = field(default_factory=Admin)
+    security: Security = field(default_factory=Security)
+    shutdown: Shutdown = field(default_factory=Shutdown)
+    backplane: Backplane = field(default_factory=Backplane)
+    logging: Logging = field(default_factory=Logging)
+
+    def replace(self, **changes: Any) -> Config:
+        return dataclasses.replace(self, **changes)
+
+
+# --------------------------------------------------------------------------- scalars
+
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(B|KiB|MiB|GiB|KB|MB|GB)?\s*$")
+_SIZE_UNITS = {
+    None: 1,
+    "B": 1,
+    "KiB": 1024,
+    "MiB": 1024**2,
+    "GiB": 1024**3,
+    "KB": 1000,
+    "MB": 1000**2,
+    "GB": 1000**3,
+}
+_ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def parse_duration(value: object) -> float:
+    """``"200ms"`` → 0.2; ``"5s"``/``5`` → 5.0. Raises ValueError otherwise."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration like 200ms, 5s or 1m")
+    if isinstance(value, int | float):
+        if not math.isfinite(value) or value < 0:
+            raise ValueError("expected a duration like 200ms, 5s or 1m")
+        return float(value)
+    if isinstance(value, str):
+        m = _DURATION_RE.match(value)
+        if m:
+            return float(m.group(1)) * _DURATION_UNITS[m.group(2)]
+    raise ValueError("expected a duration like 200ms, 5s or 1m")
+
+
+def parse_size(value: object) -> int:
+    """``"64KiB"`` → 65536; ``512`` → 512. Raises ValueError otherwise."""
+    if isinstance(value, bool):
+        raise ValueError("expected a size like 512, 64KiB or 1MiB")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError("expected a size like 512, 64KiB or 1MiB")
+        return value
+    if isinstance(value, str):
+        m = _SIZE_RE.match(value)
+        if m:
+            return int(float(m.group(1)) * _SIZE_UNITS[m.group(2)])
+    raise ValueError("expected a size like 512, 64KiB or 1MiB")
+
+
+def _substitute_env(value: Any, path: str, env: Mapping[str, str], problems: list[str]) -> Any:
+    if isinstance(value, str):
+
+        def repl(m: re.Match[str]) -> str:
+            name, default = m.group(1), m.group(2)
+            if name in env:
+                return env[name]
+            if default is not None:
+                return default
+            problems.append(
+                f"{path or '<root>'}: environment variable {name} is not set "
+                f"(write ${{{name}:-}} to allow it to be empty)"
+            )
+            return ""
+
+        return _ENV_RE.sub(repl, value)
+    if isinstance(value, dict):
+        return {
+            k: _substitute_env(v, f"{path}.{k}" if path else str(k), env, problems)
+            for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [_substitute_env(v, f"{path}[{i}]", env, problems) for i, v in enumerate(value)]
+    return value
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _describe(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _strip_optional(tp: Any) -> tuple[Any, bool]:
+    origin = get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = [a for a in get_args(tp) if a is not type(None)]
+        if len(args) == 1 and len(get_args(tp)) == 2:
+            return args[0], True
+    return tp, False
+
+
+def _convert(tp: Any, value: Any, path: str, problems: list[str]) -> Any:
+    """Convert ``value`` to ``tp``; on failure append a problem and return None."""
+    meta: tuple[Any, ...] = ()
+    if get_origin(tp) is Annotated:
+        tp, *rest = get_args(tp)
+        meta = tuple(rest)
+    tp, optional = _strip_optional(tp)
+    if value is None:
+        if optional or "json" in meta:
+            return None
+        problems.append(f"{path}: must not be empty")
+        return None
+    if "json" in meta:
+        return value
+    for m in meta:
+        if isinstance(m, _Duration):
+            try:
+                seconds = parse_duration(value)
+            except ValueError as exc:
+                problems.append(f"{path}: {exc}, got {_describe(value)}")
+                return None
+            if seconds < m.minimum:
+                problems.append(f"{path}: must be greater than 0, got {_describe(value)}")
+                return None
+            return seconds
+        if isinstance(m, _Size):
+            try:
+                size = parse_size(value)
+            except ValueError as exc:
+                problems.append(f"{path}: {exc}, got {_describe(value)}")
+                return None
+            if size < m.minimum:
+                problems.append(f"{path}: must be at least {m.minimum} bytes, got {size}")
+                return None
+            return size
+    if dataclasses.is_dataclass(tp) and isinstance(tp, type):
+        if not isinstance(value, dict):
+            problems.append(f"{path}: expected a mapping, got {_describe(value)}")
+            return None
+        return _build(tp, value, path, problems)
+    origin = get_origin(tp)
+    if origin is Literal:
+        choices = get_args(tp)
+        if value in choices:
+            return value
+        if isinstance(value, str) and value.upper() in choices:
+            return value.upper()
+        problems.append(
+            f"{path}: expected one of {', '.join(map(str, choices))}, got {_describe(value)}"
+        )
+        return None
+    if origin is tuple:
+        (item_tp, _) = get_args(tp)
+        if not isinstance(value, list):
+            problems.append(f"{path}: expected a list, got {_describe(value)}")
+            return None
+        return tuple(_convert(item_tp, v, f"{path}[{i}]", problems) for i, v in enumerate(value))
+    if origin in (Mapping, dict):
+        _, item_tp = get_args(tp)
+        if not isinstance(value, dict):
+            problems.append(f"{path}: expected a mapping, got {_describe(value)}")
+            return None
+        return types.MappingProxyType(
+            {str(k): _convert(item_tp, v, f"{path}.{k}", problems) for k, v in value.items()}
+        )
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        problems.append(f"{path}: expected true or false, got {_describe(value)}")
+        return None
+    if tp is int or tp is float:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+        if tp is float:
+            ok = ok or (isinstance(value, float) and math.isfinite(value))
+        if not ok:
+            kind = "an integer" if tp is int else "a number"
+            problems.append(f"{path}: expected {kind}, got {_describe(value)}")
+            return None
+        for m in meta:
+            if isinstance(m, _Range):
+                if m.minimum is not None and value < m.minimum:
+                    problems.append(f"{path}: must be >= {m.minimum}, got {value}")
+                    return None
+                if m.maximum is not None and value > m.maximum:
+                    problems.append(f"{path}: must be <= {m.maximum}, got {value}")
+                    return None
+        return tp(value)
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return str(value)
+        problems.append(f"{path}: expected a string, got {_describe(value)}")
+        return None
+    raise TypeError(f"unsupported config type {tp!r} at {path}")  # pragma: no cover
+
+
+def _build(cls: type[Any], data: Mapping[str, Any], path: str, problems: list[str]) -> Any:
+    hints = typing.get_type_hints(cls, include_extras=True)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in names:
+            where = f"{path}.{key}" if path else str(key)
+            problems.append(f"{where}: unknown key (allowed: {', '.join(sorted(names))})")
+    kwargs: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        where = f"{path}.{f.name}" if path else f.name
+        if f.name in data:
+            kwargs[f.name] = _convert(hints[f.name], data[f.name], where, problems)
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            problems.append(f"{where}: required key is missing")
+    try:
+        return cls(**kwargs)
+    except TypeError:
+        return None
+
+
+def _check_semantics(cfg: Config, problems: list[str]) -> None:
+    from .upstream.templates import TemplateError, compile_template
+
+    url = cfg.upstream.url
+    if not re.match(r"^https?://[^/\s]+", url):
+        problems.append(f"upstream.url: expected an http:// or https:// URL, got {url!r}")
+    for name, value in dataclasses.asdict(cfg.paths).items():
+        if not value.startswith("/"):
+            problems.append(f"paths.{name}: must start with '/', got {value!r}")
+    routes: dict[str, Any] = {f"upstream.commands.{k}": v for k, v in cfg.upstream.commands.items()}
+    routes["upstream.state"] = cfg.upstream.state
+    if cfg.upstream.keepalive is not None:
+        routes["upstream.keepalive"] = cfg.upstream.keepalive
+    for where, route in routes.items():
+        if route is None:
+            continue
+        if not route.path.startswith("/"):
+            problems.append(f"{where}.path: must start with '/', got {route.path!r}")
+        for key in ("path", "json"):
+            try:
+                compile_template(getattr(route, key, None))
+            except TemplateError as exc:
+                problems.append(f"{where}.{key}: {exc}")
+    for name in cfg.upstream.commands:
+        if name in ("heartbeat", "pong", "ping"):
+            problems.append(
+                f"upstream.commands.{name}: {name!r} is handled by the bridge and cannot be mapped"
+            )
+    if cfg.heartbeat.timeout <= cfg.heartbeat.interval:
+        problems.append(
+            "heartbeat.timeout: must be longer than heartbeat.interval "
+            f"({cfg.heartbeat.timeout}s <= {cfg.heartbeat.interval}s)"
+        )
+    if cfg.reconnect.max < cfg.reconnect.initial:
+        problems.append("reconnect.max: must be >= reconnect.initial")
+    if cfg.upstream.retry.max < cfg.upstream.retry.initial:
+        problems.append("upstream.retry.max: must be >= upstream.retry.initial")
+    if cfg.upstream.push is not None and not cfg.upstream.push.secret:
+        problems.append("upstream.push.secret: required when upstream.push is set")
+    if cfg.backplane.kind == "redis":
+        problems.append("backplane.kind: 'redis' is not available in this version; use 'memory'")
+
+
+def config_from_dict(data: Any, env: Mapping[str, str] | None = None) -> Config:
+    """Validate a parsed YAML document. Raises ConfigError listing every problem."""
+    problems: list[str] = []
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError([f"<root>: expected a mapping of sections, got {_describe(data)}"])
+    data = _substitute_env(data, "", os.environ if env is None else env, problems)
+    cfg = _build(Config, data, "", problems)
+    if cfg is not None and not problems:
+        _check_semantics(cfg, problems)
+    if problems:
+        raise ConfigError(problems)
+    assert isinstance(cfg, Config)
+    return cfg
+
+
+def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Config:
+    """Read and validate a YAML file. Raises ConfigError (with the file name)."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"{p}: cannot read: {exc.strerror or exc}"]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError([f"{p}: not valid YAML: {exc}"]) from None
+    return config_from_dict(data, env)
+
+
+# --------------------------------------------------------------------------- JSON Schema
+
+
+def _schema_for(tp: Any) -> dict[str, Any]:
+    meta: tuple[Any, ...] = ()
+    if get_origin(tp) is Annotated:
+        tp, *rest = get_args(tp)
+        meta = tuple(rest)
+    tp, optional = _strip_optional(tp)
+    schema: dict[str, Any]
+    if "json" in meta:
+        schema = {"description": "JSON body template; strings may hold {placeholders}"}
+    elif any(isinstance(m, _Duration) for m in meta):
+        schema = {
+            "anyOf": [
+                {"type": "number", "minimum": 0},
+                {"type": "string", "pattern": _DURATION_RE.pattern},
+            ],
+            "description": "duration: 200ms, 5s, 1m, 1h or seconds",
+        }
+    elif any(isinstance(m, _Size) for m in meta):
+        schema = {
+            "anyOf": [
+                {"type": "integer", "minimum": 0},
+                {"type": "string", "pattern": _SIZE_RE.pattern},
+            ],
+            "description": "size: 512, 64KiB, 1MiB",
+        }
+    elif dataclasses.is_dataclass(tp) and isinstance(tp, type):
+        hints = typing.get_type_hints(tp, include_extras=True)
+        props = {f.name: _schema_for(hints[f.name]) for f in dataclasses.fields(tp)}
+        required = [
+            f.name
+            for f in dataclasses.fields(tp)
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        ]
+        schema = {"type": "object", "properties": props, "additionalProperties": False}
+        if required:
+            schema["required"] = required
+    elif get_origin(tp) is Literal:
+        schema = {"enum": list(get_args(tp))}
+    elif get_origin(tp) is tuple:
+        schema = {"type": "array", "items": _schema_for(get_args(tp)[0])}
+    elif get_origin(tp) in (Mapping, dict):
+        schema = {"type": "object", "additionalProperties": _schema_for(get_args(tp)[1])}
+    elif tp is bool:
+        schema = {"type": "boolean"}
+    elif tp is int or tp is float:
+        schema = {"type": "integer" if tp is int else "number"}
+        for m in meta:
+            if isinstance(m, _Range):
+                if m.minimum is not None:
+                    schema["minimum"] = m.minimum
+                if m.maximum is not None:
+                    schema["maximum"] = m.maximum
+    elif tp is str:
+        schema = {"type": "string"}
+    else:  # pragma: no cover - every field type is handled above
+        raise TypeError(tp)
+    if optional:
+        schema = {"anyOf": [schema, {"type": "null"}]}
+    return schema
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema (draft 2020-12) of the configuration file."""
+    schema = _schema_for(Config)
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "session-bridge configuration"
+    return schema

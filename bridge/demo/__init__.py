@@ -1,0 +1,1 @@
+"""The bundled legacy estimation backend and the planning-poker page."""

@@ -1,0 +1,227 @@
+"""A small legacy estimation backend, written the way such apps are.
+
+Plain HTTP, no WebSocket: sessions, join / vote / reveal / reset / leave /
+heartbeat, users expire ``expiry`` seconds after their last heartbeat, and the
+state at ``GET /api/sessions/{id}`` (with an ETag). It knows nothing of the
+bridge; the bridge is put in front of it.
+
+For tests and the demo it also records what it was asked (``GET /_demo/stats``)
+and can be told to fail (``POST /_demo/faults``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import random
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+CARDS = ["0", "1", "2", "3", "5", "8", "13", "21", "?", "coffee"]
+
+
+@dataclass
+class User:
+    name: str
+    last_seen: float
+
+
+@dataclass
+class Session:
+    id: str
+    users: dict[str, User] = field(default_factory=dict)
+    votes: dict[str, Any] = field(default_factory=dict)
+    revealed: bool = False
+    round: int = 1
+
+    def view(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "round": self.round,
+            "revealed": self.revealed,
+            "users": [
+                {
+                    "id": uid,
+                    "name": u.name,
+                    "voted": uid in self.votes,
+                    **({"vote": self.votes.get(uid)} if self.revealed else {}),
+                }
+                for uid, u in sorted(self.users.items())
+            ],
+        }
+
+
+class Backend:
+    def __init__(self, expiry: float = 30.0) -> None:
+        self.expiry = expiry
+        self.sessions: dict[str, Session] = {}
+        self.state_requests: Counter[str] = Counter()
+        self.commands: list[dict[str, Any]] = []
+        self.fail_ratio = 0.0
+        self.stall = 0.0
+
+    def _expire(self, session: Session) -> None:
+        now = time.monotonic()
+        for uid in [u for u, user in session.users.items() if now - user.last_seen > self.expiry]:
+            del session.users[uid]
+            session.votes.pop(uid, None)
+
+    def _record(self, request: web.Request, body: Any) -> None:
+        self.commands.append(
+            {
+                "method": request.method,
+                "path": request.path,
+                "body": body,
+                "session": request.match_info.get("sid"),
+                "at": time.time(),
+            }
+        )
+
+    async def _body(self, request: web.Request) -> dict[str, Any]:
+        if not request.can_read_body:
+            return {}
+        try:
+            data = await request.json()
+        except json.JSONDecodeError:
+            raise web.HTTPBadRequest(
+                text='{"error":"invalid JSON"}', content_type="application/json"
+            ) from None
+        return data if isinstance(data, dict) else {}
+
+    async def _faults(self) -> None:
+        if self.stall:
+            await asyncio.sleep(self.stall)
+        if self.fail_ratio and random.random() < self.fail_ratio:
+            raise web.HTTPServiceUnavailable(
+                text='{"error":"injected fault"}', content_type="application/json"
+            )
+
+    def _session(self, request: web.Request, create: bool = False) -> Session:
+        sid = request.match_info["sid"]
+        session = self.sessions.get(sid)
+        if session is None:
+            if not create:
+                raise web.HTTPNotFound(
+                    text='{"error":"no such session"}', content_type="application/json"
+                )
+            session = self.sessions[sid] = Session(sid)
+        self._expire(session)
+        return session
+
+    def _member(self, session: Session, uid: str) -> User:
+        user = session.users.get(uid)
+        if user is None:
+            raise web.HTTPNotFound(
+                text='{"error":"user not in session"}', content_type="application/json"
+            )
+        return user
+
+    async def join(self, request: web.Request) -> web.Response:
+        await self._faults()
+        body = await self._body(request)
+        self._record(request, body)
+        uid = body.get("userId")
+        if not isinstance(uid, str) or not uid:
+            return web.json_response({"error": "userId required"}, status=400)
+        if uid.startswith("banned"):
+            return web.json_response({"error": "not allowed"}, status=403)
+        session = self._session(request, create=True)
+        name = body.get("name") or uid
+        session.users[uid] = User(str(name), time.monotonic())
+        return web.json_response(session.view())
+
+    async def vote(self, request: web.Request) -> web.Response:
+        await self._faults()
+        body = await self._body(request)
+        self._record(request, body)
+        session = self._session(request)
+        uid = request.match_info["uid"]
+        user = self._member(session, uid)
+        user.last_seen = time.monotonic()
+        vote = body.get("vote")
+        if vote is None:
+            session.votes.pop(uid, None)
+        else:
+            session.votes[uid] = vote
+        return web.json_response(session.view())
+
+    async def reveal(self, request: web.Request) -> web.Response:
+        await self._faults()
+        self._record(request, await self._body(request))
+        session = self._session(request)
+        session.revealed = True
+        return web.json_response(session.view())
+
+    async def reset(self, request: web.Request) -> web.Response:
+        await self._faults()
+        self._record(request, await self._body(request))
+        session = self._session(request)
+        session.revealed = False
+        session.votes.clear()
+        session.round += 1
+        return web.json_response(session.view())
+
+    async def leave(self, request: web.Request) -> web.Response:
+        await self._faults()
+        body = await self._body(request)
+        self._record(request, body)
+        session = self._session(request)
+        uid = body.get("userId")
+        session.users.pop(str(uid), None)
+        session.votes.pop(str(uid), None)
+        return web.json_response(session.view())
+
+    async def heartbeat(self, request: web.Request) -> web.Response:
+        await self._faults()
+        body = await self._body(request)
+        self._record(request, body)
+        session = self._session(request)
+        user = self._member(session, str(body.get("userId")))
+        user.last_seen = time.monotonic()
+        return web.json_response({"ok": True})
+
+    async def state(self, request: web.Request) -> web.Response:
+        self.state_requests[request.match_info["sid"]] += 1
+        await self._faults()
+        session = self._session(request)
+        body = json.dumps(session.view(), sort_keys=True).encode()
+        etag = '"' + hashlib.sha1(body).hexdigest()[:16] + '"'
+        if request.headers.get("If-None-Match") == etag:
+            return web.Response(status=304, headers={"ETag": etag})
+        return web.Response(body=body, content_type="application/json", headers={"ETag": etag})
+
+    async def stats(self, request: web.Request) -> web.Response:
+        return web.json_response(
+            {"stateRequests": dict(self.state_requests), "commands": self.commands}
+        )
+
+    async def faults(self, request: web.Request) -> web.Response:
+        body = await self._body(request)
+        self.fail_ratio = float(body.get("failRatio", 0.0))
+        self.stall = float(body.get("stall", 0.0))
+        return web.json_response({"failRatio": self.fail_ratio, "stall": self.stall})
+
+
+BACKEND: web.AppKey[Backend] = web.AppKey("backend", Backend)
+
+
+def make_backend_app(expiry: float = 30.0) -> web.Application:
+    backend = Backend(expiry)
+    app = web.Application()
+    app[BACKEND] = backend
+    r = app.router
+    r.add_post("/api/sessions/{sid}/join", backend.join)
+    r.add_put("/api/sessions/{sid}/votes/{uid}", backend.vote)
+    r.add_post("/api/sessions/{sid}/reveal", backend.reveal)
+    r.add_post("/api/sessions/{sid}/reset", backend.reset)
+    r.add_post("/api/sessions/{sid}/leave", backend.leave)
+    r.add_post("/api/sessions/{sid}/heartbeat", backend.heartbeat)
+    r.add_get("/api/sessions/{sid}", backend.state)
+    r.add_get("/_demo/stats", backend.stats)
+    r.add_post("/_demo/faults", backend.faults)
+    return app

@@ -1,0 +1,147 @@
+"""Every exception the bridge defines, under one root.
+
+::
+
+    BridgeError
+    ├── ConfigError(BridgeError, ValueError)     the YAML is wrong; names the key path
+    ├── ProtocolError                            a peer (client) broke the wire contract
+    │   ├── BadMessage                           not JSON/msgpack, not a map, no type (bad_message)
+    │   ├── MessageTooBig                        over limits.max_message_bytes (1009 / 413)
+    │   ├── BadRequest                           sessionId/userId/lastSeq malformed (4400 / 400)
+    │   ├── Unauthorized                         forged, expired or foreign token (4401 / 401)
+    │   └── Forbidden                            another session's or user's id (forbidden)
+    └── UpstreamError                            the legacy app failed a request
+        ├── UpstreamRejected                     it answered 4xx (error code upstream_rejected)
+        ├── UpstreamFailed                       5xx after the allowed retries (upstream_error)
+        │   └── UpstreamTimeout(UpstreamFailed, TimeoutError)
+        └── UpstreamUnavailable                  unreachable (upstream_unavailable)
+            └── CircuitOpen                      the breaker refused to send it
+
+Protocol errors carry the wire ``code`` of protocol.md, the WebSocket
+``close_code`` to use when the error must end a connection, and the HTTP
+``status`` for the HTTP transports. Decoders in :mod:`bridge.protocol` never
+raise them: they *return* them, and the transport turns them into a close
+code, an ``error`` message or an HTTP response.
+"""
+
+from __future__ import annotations
+
+
+class BridgeError(Exception):
+    """Root of every error the bridge raises on purpose."""
+
+
+class ConfigError(BridgeError, ValueError):
+    """The configuration is invalid.
+
+    ``problems`` lists one line per wrong key, each starting with the key's
+    dotted path (``upstream.retry.attempts: expected an integer >= 1, got 0``).
+    Fix the file and load it again; nothing has been started.
+    """
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = list(problems)
+        super().__init__("invalid configuration:\n  " + "\n  ".join(self.problems))
+
+
+class ProtocolError(BridgeError):
+    """A client sent something the protocol does not allow."""
+
+    code = "bad_message"
+    close_code = 1008
+    status = 400
+
+    def __init__(self, message: str, *, id: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.id = id
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            type(other) is type(self)
+            and isinstance(other, ProtocolError)
+            and (other.message, other.id) == (self.message, self.id)
+        )
+
+    def __hash__(self) -> int:
+        return hash((type(self), self.message, self.id))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.message!r}, id={self.id!r})"
+
+
+class BadMessage(ProtocolError):
+    """Undecodable or malformed message; the connection stays open."""
+
+    code = "bad_message"
+    close_code = 1007
+    status = 400
+
+
+class MessageTooBig(ProtocolError):
+    """Over ``limits.max_message_bytes`` after decompression."""
+
+    code = "message_too_big"
+    close_code = 1009
+    status = 413
+
+
+class BadRequest(ProtocolError):
+    """Connect parameters are invalid (sessionId, userId, lastSeq ...)."""
+
+    code = "bad_request"
+    close_code = 4400
+    status = 400
+
+
+class Unauthorized(ProtocolError):
+    """The resume token is forged, expired or bound to another client."""
+
+    code = "unauthorized"
+    close_code = 4401
+    status = 401
+
+
+class Forbidden(ProtocolError):
+    """A message names another session or user than the connection's."""
+
+    code = "forbidden"
+    close_code = 1008
+    status = 403
+
+
+class UpstreamError(BridgeError):
+    """The legacy app did not accept a request. ``code`` is the ack error code."""
+
+    code = "upstream_error"
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+
+
+class UpstreamRejected(UpstreamError):
+    """The legacy app answered 4xx: the command is wrong, retrying won't help."""
+
+    code = "upstream_rejected"
+
+
+class UpstreamFailed(UpstreamError):
+    """5xx (or a broken response) after every retry the route allows."""
+
+    code = "upstream_error"
+
+
+class UpstreamTimeout(UpstreamFailed, TimeoutError):
+    """No answer within ``upstream.timeout``."""
+
+
+class UpstreamUnavailable(UpstreamError):
+    """The circuit breaker is open or the legacy app cannot be reached."""
+
+    code = "upstream_unavailable"
+
+
+class CircuitOpen(UpstreamUnavailable):
+    """The circuit breaker is open: the request was not sent at all."""

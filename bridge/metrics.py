@@ -1,0 +1,139 @@
+"""Every Prometheus metric of the bridge, defined once.
+
+Labels never carry session or user ids (cardinality and privacy): only
+transport, codec, direction, message type, command name, status class,
+outcome and reason, each from a small fixed set. Unknown client message
+types are counted as ``other``.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+UPSTREAM_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+KNOWN_TYPES = frozenset(
+    {
+        "welcome", "session", "presence", "ack", "ping", "pong", "heartbeat", "error",
+        "reconnect", "join", "vote", "reveal", "reset", "leave",
+    }
+)  # fmt: skip
+
+
+def type_label(message_type: object, commands: frozenset[str] = frozenset()) -> str:
+    """A bounded label value for a message type."""
+    if isinstance(message_type, str) and (message_type in KNOWN_TYPES or message_type in commands):
+        return message_type
+    return "other"
+
+
+def status_label(status: int | None) -> str:
+    """``2xx`` .. ``5xx`` for HTTP answers; ``error`` when none came."""
+    if status is None:
+        return "error"
+    return f"{status // 100}xx"
+
+
+class Metrics:
+    """All metric families, registered on one registry (one per app)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.connections_active = Gauge(
+            "bridge_connections_active", "Open client transports.", ["transport"], registry=r
+        )
+        self.connections_opened = Counter(
+            "bridge_connections_opened", "Client transports opened.", ["transport"], registry=r
+        )
+        self.connections_closed = Counter(
+            "bridge_connections_closed",
+            "Client transports closed, by reason.",
+            ["transport", "reason"],
+            registry=r,
+        )
+        self.connections_rejected = Counter(
+            "bridge_connections_rejected",
+            "Connection attempts refused before welcome, by reason.",
+            ["transport", "reason"],
+            registry=r,
+        )
+        self.messages = Counter(
+            "bridge_messages",
+            "Messages by direction (in = client to bridge), type and codec.",
+            ["direction", "type", "codec"],
+            registry=r,
+        )
+        self.deliveries = Counter(
+            "bridge_stream_deliveries",
+            "Stream messages written to client transports.",
+            ["transport"],
+            registry=r,
+        )
+        self.delivery_latency = Histogram(
+            "bridge_delivery_latency_seconds",
+            "Upstream change seen to written to every client transport of the session.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.resumes = Counter(
+            "bridge_resumes",
+            "Connects that asked to resume, by outcome (resumed or reset).",
+            ["outcome"],
+            registry=r,
+        )
+        self.heartbeat_timeouts = Counter(
+            "bridge_heartbeat_timeouts",
+            "Transports closed because nothing was received in time.",
+            ["transport"],
+            registry=r,
+        )
+        self.upstream_requests = Counter(
+            "bridge_upstream_requests",
+            "Requests to the legacy app, by command (or state/keepalive) and status class.",
+            ["command", "status"],
+            registry=r,
+        )
+        self.upstream_duration = Histogram(
+            "bridge_upstream_request_duration_seconds",
+            "Duration of requests to the legacy app.",
+            ["command"],
+            buckets=UPSTREAM_BUCKETS,
+            registry=r,
+        )
+        self.upstream_retries = Counter(
+            "bridge_upstream_retries", "Retried upstream requests.", ["command"], registry=r
+        )
+        self.breaker_state = Gauge(
+            "bridge_upstream_breaker_state",
+            "Circuit breaker state: 0 closed, 1 half-open, 2 open.",
+            registry=r,
+        )
+        self.state_polls = Counter(
+            "bridge_state_polls", "State polls of the legacy app, by result.", ["result"],
+            registry=r,
+        )  # fmt: skip
+        self.state_changes = Counter(
+            "bridge_state_changes", "Session state changes, by source (poll or push).",
+            ["source"], registry=r,
+        )  # fmt: skip
+        self.dedupe_hits = Counter(
+            "bridge_dedupe_hits", "Commands answered from the de-dupe window.", registry=r
+        )
+        self.sessions = Gauge("bridge_sessions", "Sessions held by this instance.", registry=r)
+        self.present_users = Gauge(
+            "bridge_present_users", "Users present (including those in grace).", registry=r
+        )
+        self.replay_entries = Gauge(
+            "bridge_replay_entries", "Stream messages held in replay logs.", registry=r
+        )
+        self.replay_evictions = Counter(
+            "bridge_replay_evictions", "Stream messages evicted from replay logs.", registry=r
+        )
+        self.slow_consumer_closes = Counter(
+            "bridge_slow_consumer_closes",
+            "Transports closed (1013) because their send queue passed the cap.",
+            ["transport"],
+            registry=r,
+        )

@@ -1,0 +1,82 @@
+"""Codecs: bytes ⇄ message maps. ``decode`` never raises; it returns BadMessage.
+
+Codecs only format; transports write (see frames.py for WebSocket framing).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Final, Protocol
+
+import msgpack
+
+from ..exceptions import BadMessage
+from .types import Message
+
+_json_encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
+class Codec(Protocol):
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def content_type(self) -> str: ...
+
+    @property
+    def binary(self) -> bool: ...
+
+    def encode(self, message: Any) -> bytes: ...
+
+    def decode(self, data: bytes | str) -> Message | BadMessage: ...
+
+
+class JsonCodec:
+    """UTF-8 JSON, compact. WebSocket text frames; ``application/json``."""
+
+    name = "json"
+    content_type = "application/json"
+    binary = False
+
+    def encode(self, message: Any) -> bytes:
+        return _json_encoder.encode(message).encode("utf-8")
+
+    def decode(self, data: bytes | str) -> Message | BadMessage:
+        try:
+            value = json.loads(data)
+        except UnicodeDecodeError:
+            return BadMessage("not valid UTF-8")
+        except (ValueError, RecursionError):
+            return BadMessage("not valid JSON")
+        if not isinstance(value, dict):
+            return BadMessage("a message must be a JSON object")
+        return value
+
+
+class MsgpackCodec:
+    """msgpack maps. WebSocket binary frames; ``application/msgpack``."""
+
+    name = "msgpack"
+    content_type = "application/msgpack"
+    binary = True
+
+    def encode(self, message: Any) -> bytes:
+        data: bytes = msgpack.packb(message, use_bin_type=True)
+        return data
+
+    def decode(self, data: bytes | str) -> Message | BadMessage:
+        if isinstance(data, str):
+            return BadMessage("msgpack messages must be binary")
+        try:
+            value = msgpack.unpackb(data, raw=False, strict_map_key=True)
+        except Exception:  # msgpack raises many types (ExtraData, ValueError, ...)
+            return BadMessage("not valid msgpack")
+        if not isinstance(value, dict):
+            return BadMessage("a message must be a msgpack map")
+        return value
+
+
+JSON: Final[Codec] = JsonCodec()
+MSGPACK: Final[Codec] = MsgpackCodec()
+CODECS: Final[dict[str, Codec]] = {"json": JSON, "msgpack": MSGPACK}
+SUBPROTOCOLS: Final[dict[str, Codec]] = {"bridge.v1.json": JSON, "bridge.v1.msgpack": MSGPACK}

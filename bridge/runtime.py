@@ -1,0 +1,656 @@
+"""The I/O side of the session hub: sessions, connections, pollers, timers.
+
+The transports (``bridge/transports``) accept connections and hand them here;
+this module runs each session's :class:`~bridge.core.hub.SessionHub`, talks to
+the upstream, and fans stream entries out to every connection of a session.
+
+Performance rules baked in here:
+
+- one upstream state poller per session with live clients, never per client;
+- a stream entry is encoded once per codec (``Entry.encoded``/``ws_frame``)
+  and the same bytes are written to every connection;
+- one ticker task drives every deadline (heartbeats, graces, keep-alives)
+  from one :class:`~bridge.core.timers.TimerQueue`;
+- writes never wait on a slow client: each connection's queue is bounded and
+  a client past ``limits.send_queue_bytes`` is closed with 1013.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from .config import Config
+from .core.dedupe import Done, Pending
+from .core.hub import HubSettings, SessionHub
+from .core.replay import Entry, Reset
+from .core.timers import TimerQueue
+from .exceptions import (
+    BadRequest,
+    ProtocolError,
+    Unauthorized,
+    UpstreamError,
+    UpstreamRejected,
+)
+from .metrics import Metrics, type_label
+from .protocol import messages as m
+from .protocol import tokens
+from .protocol.codecs import Codec
+from .protocol.normalise import normalise
+from .protocol.types import RESERVED_PARAMS, Command, Message, valid_id
+from .upstream.client import UpstreamClient
+from .upstream.templates import MissingValue
+
+log = logging.getLogger("bridge.runtime")
+
+TRANSPORTS = ["websocket", "sse", "poll"]
+
+
+class Connection(Protocol):
+    """What a transport adapter gives the runtime: it only moves bytes and owns timers."""
+
+    transport: str
+    client_id: str
+    session_id: str
+    user_id: str
+    codec: Codec
+    params: Mapping[str, str]
+    headers: Mapping[str, str]
+    last_rx: float
+    busy: bool
+    closed: bool
+
+    def deliver(self, entry: Entry) -> bool:
+        """Queue a stream entry; False when the connection is (now) closed."""
+
+    def send(self, message: Message) -> None:
+        """Queue one message for this connection only."""
+
+    def close(self, code: int, reason: str, label: str | None = None) -> None:
+        """Close the transport soon (non-blocking); safe to call twice.
+
+        ``label`` is the metrics reason (a small fixed set)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectRequest:
+    """Validated connect parameters, the same for every transport."""
+
+    session_id: str
+    user_id: str
+    token: str | None
+    epoch: str | None
+    last_seq: int | None
+    params: dict[str, str]
+    headers: dict[str, str]
+
+
+class JoinRefused(Exception):
+    """The upstream refused the user's join; close the client with ``close_code``."""
+
+    def __init__(self, close_code: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.close_code = close_code
+        self.code = code
+        self.message = message
+
+
+def parse_connect(
+    query: Mapping[str, str],
+    headers: Mapping[str, str],
+    forward_headers: tuple[str, ...],
+    *,
+    last_seq_header: str | None = None,
+) -> ConnectRequest | ProtocolError:
+    """Validate the connect query of any transport. Never raises."""
+    session_id = query.get("sessionId")
+    user_id = query.get("userId")
+    if not valid_id(session_id):
+        return BadRequest("sessionId must be 1-128 characters of [A-Za-z0-9._:@-]")
+    if not valid_id(user_id):
+        return BadRequest("userId must be 1-128 characters of [A-Za-z0-9._:@-]")
+    raw_seq = query.get("lastSeq", last_seq_header)
+    last_seq: int | None = None
+    if raw_seq not in (None, ""):
+        assert raw_seq is not None
+        if not raw_seq.isdigit() or len(raw_seq) > 18:
+            return BadRequest("lastSeq must be a non-negative integer")
+        last_seq = int(raw_seq)
+    epoch = query.get("epoch") or None
+    if epoch is not None and (len(epoch) > 64 or not valid_id(epoch)):
+        return BadRequest("epoch is malformed")
+    params = {k: v for k, v in query.items() if k not in RESERVED_PARAMS}
+    fwd = {}
+    for name in forward_headers:
+        value = headers.get(name)
+        if value is not None:
+            fwd[name] = value
+    assert session_id is not None and user_id is not None
+    return ConnectRequest(
+        session_id=session_id,
+        user_id=user_id,
+        token=query.get("resumeToken") or None,
+        epoch=epoch,
+        last_seq=last_seq,
+        params=params,
+        headers=fwd,
+    )
+
+
+@dataclass(slots=True)
+class _UserContext:
+    client_id: str
+    params: Mapping[str, str]
+    headers: Mapping[str, str]
+
+
+@dataclass(eq=False)
+class Session:
+    id: str
+    hub: SessionHub
+    conns: dict[str, Connection] = field(default_factory=dict)
+    users: dict[str, _UserContext] = field(default_factory=dict)
+    joining: dict[str, asyncio.Future[None]] = field(default_factory=dict)
+    poller: asyncio.Task[None] | None = None
+    refresh: asyncio.Event = field(default_factory=asyncio.Event)
+    inflight: int = 0
+    background: set[asyncio.Task[Any]] = field(default_factory=set)
+    etag: str | None = None
+    last_modified: str | None = None
+    poll_failures: int = 0
+    evictions_seen: int = 0
+
+
+class Bridge:
+    """One per process: every session this instance serves."""
+
+    def __init__(self, cfg: Config, upstream: UpstreamClient, metrics: Metrics) -> None:
+        self.cfg = cfg
+        self.upstream = upstream
+        self.metrics = metrics
+        secret = cfg.security.token_secret
+        if not secret:
+            log.warning(
+                "security.token_secret is not set: using a random secret, so resume tokens "
+                "do not survive a restart and are not accepted by other instances"
+            )
+            secret = secrets.token_hex(32)
+        self._secret = secret.encode("utf-8")
+        self.sessions: dict[str, Session] = {}
+        self.connections: dict[int, Connection] = {}
+        self.timers: TimerQueue[tuple[str, Any]] = TimerQueue()
+        self._wake = asyncio.Event()
+        self._ticker: asyncio.Task[None] | None = None
+        self._hub_settings = HubSettings(
+            max_messages=cfg.replay.max_messages,
+            max_bytes=cfg.replay.max_bytes,
+            max_age=cfg.replay.max_age,
+            grace=cfg.presence.grace,
+            keepalive=cfg.upstream.keepalive.every if cfg.upstream.keepalive else None,
+            dedupe_window=cfg.dedupe.window,
+        )
+        self._command_names = frozenset(cfg.upstream.commands)
+        self.closing = False
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> None:
+        self._ticker = asyncio.get_running_loop().create_task(self._tick_loop())
+
+    async def stop(self) -> None:
+        """Close every connection (1001) and stop every task. Sends no leaves."""
+        self.closing = True
+        for conn in list(self.connections.values()):
+            conn.close(1001, "server shutting down")
+        for session in list(self.sessions.values()):
+            tasks = [t for t in (session.poller, *session.background) if t is not None]
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        if self._ticker is not None:
+            self._ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._ticker
+
+    # ------------------------------------------------------------------ timers
+    def schedule(self, key: tuple[str, Any], when: float) -> None:
+        before = self.timers.next_deadline()
+        self.timers.schedule(key, when)
+        if before is None or when < before:
+            self._wake.set()
+
+    async def _tick_loop(self) -> None:
+        while True:
+            deadline = self.timers.next_deadline()
+            self._wake.clear()
+            timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if timeout is None or timeout > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout)
+            now = time.monotonic()
+            for kind, target in self.timers.pop_due(now):
+                try:
+                    if kind == "hb":
+                        self._check_heartbeat(target, now)
+                    else:
+                        self._tick_session(target, now)
+                except Exception:  # pragma: no cover - a bug must not stop the ticker
+                    log.exception("timer %s failed", kind)
+
+    # ------------------------------------------------------------------ connect
+    def authenticate(self, req: ConnectRequest) -> tuple[str, bool] | Unauthorized:
+        """The client id (from the token, or new) and whether it was resumed by token."""
+        if req.token is None:
+            return secrets.token_urlsafe(12), False
+        claims = tokens.verify(
+            self._secret,
+            req.token,
+            now=time.time(),
+            session_id=req.session_id,
+            user_id=req.user_id,
+        )
+        if isinstance(claims, Unauthorized):
+            return claims
+        return claims.client_id, True
+
+    def issue_token(self, client_id: str, session_id: str, user_id: str) -> str:
+        claims = tokens.TokenClaims(
+            client_id=client_id,  # type: ignore[arg-type]
+            session_id=session_id,  # type: ignore[arg-type]
+            user_id=user_id,  # type: ignore[arg-type]
+            expires=int(time.time() + self.cfg.security.token_ttl),
+        )
+        return tokens.issue(self._secret, claims)
+
+    def session(self, session_id: str) -> Session:
+        session = self.sessions.get(session_id)
+        if session is None:
+            epoch = secrets.token_urlsafe(9)
+            session = Session(session_id, SessionHub(session_id, epoch, self._hub_settings))
+            self.sessions[session_id] = session
+            self.metrics.sessions.set(len(self.sessions))
+        return session
+
+    def _ctx(
+        self, session_id: str, user_id: str, client_id: str, params: Mapping[str, Any],
+        payload: Mapping[str, Any],
+    ) -> dict[str, Any]:  # fmt: skip
+        return {
+            "sessionId": session_id,
+            "userId": user_id,
+            "clientId": client_id,
+            "params": params,
+            "payload": payload,
+        }
+
+    async def ensure_joined(
+        self, session: Session, user_id: str, client_id: str, req: ConnectRequest
+    ) -> None:
+        """Send the upstream ``join`` for a user's first client. Raises JoinRefused."""
+        if not session.hub.needs_join(user_id):
+            return
+        pending = session.joining.get(user_id)
+        if pending is not None:
+            await asyncio.shield(pending)
+            return
+        route = self.cfg.upstream.commands.get("join")
+        if route is None:
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        session.joining[user_id] = fut
+        try:
+            ctx = self._ctx(session.id, user_id, client_id, req.params, {})
+            try:
+                await self.upstream.request("join", route, ctx, req.headers)
+            except MissingValue as exc:
+                raise JoinRefused(4400, "bad_request", f"join: {exc}") from None
+            except UpstreamRejected as exc:
+                if exc.status in (401, 403):
+                    raise JoinRefused(4401, "unauthorized", exc.message) from None
+                if exc.status == 404:
+                    raise JoinRefused(4404, "not_found", exc.message) from None
+                raise JoinRefused(4400, "upstream_rejected", exc.message) from None
+            except UpstreamError as exc:
+                raise JoinRefused(1013, exc.code, exc.message) from None
+        except JoinRefused as exc:
+            fut.set_exception(exc)
+            fut.exception()  # retrieved: later waiters re-raise it themselves
+            raise
+        else:
+            fut.set_result(None)
+        finally:
+            session.joining.pop(user_id, None)
+
+    def attach(
+        self, session: Session, conn: Connection, req: ConnectRequest, resumed_token: bool
+    ) -> None:
+        """Register a connection: welcome, then its backlog, then the live stream.
+
+        Synchronous on purpose: nothing can be broadcast between the backlog
+        and the registration, so the client misses nothing and sees no seq twice.
+        """
+        now = time.monotonic()
+        previous = session.conns.get(conn.client_id)
+        if previous is not None and previous is not conn:
+            previous.close(1000, "replaced by a newer connection of this client")
+        session.conns[conn.client_id] = conn
+        self.connections[id(conn)] = conn
+        session.users[conn.user_id] = _UserContext(conn.client_id, conn.params, conn.headers)
+        attached = session.hub.attach(conn.client_id, conn.user_id, req.epoch, req.last_seq, now)
+        backlog = attached.backlog
+        resumed = not isinstance(backlog, Reset)
+        if req.epoch is not None and req.last_seq is not None and resumed_token:
+            self.metrics.resumes.labels("resumed" if resumed else "reset").inc()
+        welcome = m.welcome(
+            client_id=conn.client_id,
+            resume_token=self.issue_token(conn.client_id, session.id, conn.user_id),
+            epoch=session.hub.epoch,
+            seq=attached.head,
+            resumed=resumed,
+            heartbeat=(self.cfg.heartbeat.interval, self.cfg.heartbeat.timeout),
+            reconnect={
+                "initial": self.cfg.reconnect.initial,
+                "max": self.cfg.reconnect.max,
+                "factor": self.cfg.reconnect.factor,
+                "jitter": self.cfg.reconnect.jitter,
+                "upgrade_interval": self.cfg.reconnect.upgrade_interval,
+            },
+            transports=TRANSPORTS,
+        )
+        conn.send(welcome)
+        for entry in backlog.entries:
+            conn.deliver(entry)
+        self.metrics.connections_opened.labels(conn.transport).inc()
+        self.metrics.connections_active.labels(conn.transport).inc()
+        if attached.presence is not None:
+            self.broadcast(session, attached.presence)
+        self._update_gauges()
+        if session.poller is None or session.poller.done():
+            session.poller = asyncio.get_running_loop().create_task(self._poll_loop(session))
+        self._schedule_session(session)
+        if self.cfg.logging.debug:
+            log.info(
+                "connect transport=%s session=%s user=%s client=%s resumed=%s seq=%d",
+                conn.transport, session.id, conn.user_id, conn.client_id, resumed,
+                session.hub.log.head,
+            )  # fmt: skip
+
+    def detach(self, conn: Connection, reason: str) -> None:
+        """The transport ended. Starts the user's grace if it was their last client."""
+        if self.connections.pop(id(conn), None) is None:
+            return
+        self.metrics.connections_active.labels(conn.transport).dec()
+        self.metrics.connections_closed.labels(conn.transport, reason).inc()
+        session = self.sessions.get(conn.session_id)
+        if session is None or session.conns.get(conn.client_id) is not conn:
+            return
+        del session.conns[conn.client_id]
+        session.hub.detach(conn.client_id, time.monotonic())
+        self._schedule_session(session)
+        if self.cfg.logging.debug:
+            log.info(
+                "disconnect transport=%s session=%s user=%s client=%s reason=%s",
+                conn.transport, session.id, conn.user_id, conn.client_id, reason,
+            )  # fmt: skip
+
+    # ------------------------------------------------------------------ fan-out
+    def broadcast(self, session: Session, entry: Entry, seen_at: float | None = None) -> None:
+        """Write one stream entry to every connection of the session."""
+        counts: dict[str, int] = {}
+        for conn in list(session.conns.values()):
+            if conn.deliver(entry):
+                counts[conn.transport] = counts.get(conn.transport, 0) + 1
+        for transport, n in counts.items():
+            self.metrics.deliveries.labels(transport).inc(n)
+            self.metrics.messages.labels("out", entry.type, "any").inc(n)
+        if seen_at is not None:
+            self.metrics.delivery_latency.observe(time.monotonic() - seen_at)
+        evicted = session.hub.log.evictions - session.evictions_seen
+        if evicted:
+            session.evictions_seen += evicted
+            self.metrics.replay_evictions.inc(evicted)
+
+    def publish_state(self, session: Session, payload: Any, source: str, seen_at: float) -> bool:
+        """New state from a poll or a push; broadcast it if it changed."""
+        entry = session.hub.state(payload, seen_at)
+        if entry is None:
+            return False
+        self.metrics.state_changes.labels(source).inc()
+        self.broadcast(session, entry, seen_at)
+        return True
+
+    # ------------------------------------------------------------------ inbound
+    async def receive(self, conn: Connection, data: bytes | str) -> None:
+        """One inbound frame or body part from a client connection."""
+        conn.last_rx = time.monotonic()
+        decoded = conn.codec.decode(data)
+        if isinstance(decoded, ProtocolError):
+            self.metrics.messages.labels("in", "invalid", conn.codec.name).inc()
+            conn.send(m.error(decoded.code, decoded.message))
+            return
+        await self.handle_message(conn, decoded)
+
+    async def handle_message(self, conn: Connection, raw: Message) -> Message | None:
+        """Process one decoded client message; returns its ack (if it has an id)."""
+        cmd = normalise(raw, conn.session_id, conn.user_id)
+        if isinstance(cmd, ProtocolError):
+            self.metrics.messages.labels("in", "invalid", conn.codec.name).inc()
+            reply = m.failure(cmd.code, cmd.message, cmd.id)
+            conn.send(reply)
+            return reply if cmd.id is not None else None
+        self.metrics.messages.labels(
+            "in", type_label(cmd.type, self._command_names), conn.codec.name
+        ).inc()
+        if cmd.type == "heartbeat":
+            conn.send(m.heartbeat(int(time.time() * 1000)))
+            return None
+        if cmd.type in ("pong", "ping"):
+            if cmd.type == "ping":
+                conn.send({"type": "pong", "ts": cmd.payload.get("ts")})
+            return None
+        return await self.command(conn, cmd)
+
+    async def command(self, conn: Connection, cmd: Command) -> Message | None:
+        session = self.sessions.get(conn.session_id)
+        if session is None:  # pragma: no cover - a live connection always has its session
+            return None
+        route = self.cfg.upstream.commands.get(cmd.type)
+        if route is None:
+            reply = m.failure("unknown_type", f"unknown message type {cmd.type!r}", cmd.id)
+            conn.send(reply)
+            return reply if cmd.id is not None else None
+        now = time.monotonic()
+        if cmd.id is not None:
+            state = session.hub.command(conn.user_id, cmd.id, conn.client_id, now)
+            if isinstance(state, Done):
+                self.metrics.dedupe_hits.inc()
+                conn.send(state.ack)
+                return state.ack
+            if isinstance(state, Pending):
+                self.metrics.dedupe_hits.inc()
+                return None
+        ack = await self._forward(session, conn, cmd, route)
+        if cmd.id is None:
+            if ack["status"] != "ok":
+                conn.send(m.error(ack["error"]["code"], ack["error"]["message"]))
+            return None
+        for client_id in session.hub.command_done(conn.user_id, cmd.id, ack, time.monotonic()):
+            target = session.conns.get(client_id)
+            if target is not None and target is not conn:
+                target.send(ack)
+        if not conn.closed:
+            conn.send(ack)
+        return ack
+
+    async def _forward(
+        self, session: Session, conn: Connection, cmd: Command, route: Any
+    ) -> Message:
+        ctx = self._ctx(session.id, conn.user_id, conn.client_id, conn.params, cmd.payload)
+        cid = cmd.id or ""
+        session.inflight += 1
+        conn.busy = True
+        try:
+            await self.upstream.request(cmd.type, route, ctx, conn.headers)
+        except MissingValue as exc:
+            return m.ack_error(cid, "bad_message", str(exc))
+        except UpstreamError as exc:
+            return m.ack_error(cid, exc.code, exc.message)
+        except Exception as exc:  # pragma: no cover - defensive: never lose the ack
+            log.exception("forwarding %s failed", cmd.type)
+            return m.ack_error(cid, "upstream_error", f"{type(exc).__name__}")
+        finally:
+            session.inflight -= 1
+            conn.busy = False
+            conn.last_rx = time.monotonic()
+        if cmd.type == "leave":
+            entry = session.hub.leave(conn.user_id, time.monotonic())
+            if entry is not None:
+                self.broadcast(session, entry)
+            self._schedule_session(session)
+        session.refresh.set()
+        return m.ack_ok(cid)
+
+    # ------------------------------------------------------------------ heartbeats
+    def watch(self, conn: Connection) -> None:
+        """Start heartbeats for a connection (WebSocket / SSE)."""
+        self.schedule(("hb", conn), time.monotonic() + self.cfg.heartbeat.interval)
+
+    def unwatch(self, conn: Connection) -> None:
+        self.timers.cancel(("hb", conn))
+
+    def _check_heartbeat(self, conn: Connection, now: float) -> None:
+        if conn.closed:
+            return
+        hb = self.cfg.heartbeat
+        if now - conn.last_rx >= hb.timeout and not conn.busy:
+            self.metrics.heartbeat_timeouts.labels(conn.transport).inc()
+            conn.close(4408, "heartbeat timeout")
+            return
+        conn.send(m.ping(int(time.time() * 1000)))
+        self.schedule(("hb", conn), min(now + hb.interval, conn.last_rx + hb.timeout))
+
+    # ------------------------------------------------------------------ sessions
+    def _schedule_session(self, session: Session) -> None:
+        deadline = session.hub.next_deadline()
+        if deadline is not None:
+            self.schedule(("session", session.id), deadline)
+        else:
+            self.timers.cancel(("session", session.id))
+        self.drop_if_idle(session)
+
+    def _tick_session(self, session_id: str, now: float) -> None:
+        session = self.sessions.get(session_id)
+        if session is None:
+            return
+        tick = session.hub.tick(now)
+        for user in tick.keepalive:
+            self._spawn(session, self._keepalive(session, user))
+        for user in tick.left:
+            self._spawn(session, self._leave(session, user))
+        if tick.presence is not None:
+            self.broadcast(session, tick.presence)
+        self._schedule_session(session)
+        self._update_gauges()
+
+    def _spawn(self, session: Session, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        session.background.add(task)
+        task.add_done_callback(session.background.discard)
+
+    async def _user_request(self, session: Session, user: str, name: str, route: Any) -> None:
+        ctx_user = session.users.get(user)
+        params: Mapping[str, str] = ctx_user.params if ctx_user else {}
+        headers: Mapping[str, str] = ctx_user.headers if ctx_user else {}
+        client = ctx_user.client_id if ctx_user else ""
+        try:
+            await self.upstream.request(
+                name, route, self._ctx(session.id, user, client, params, {}), headers
+            )
+        except (UpstreamError, MissingValue) as exc:
+            log.warning("%s for a user of session %s failed: %s", name, session.id, exc)
+
+    async def _keepalive(self, session: Session, user: str) -> None:
+        route = self.cfg.upstream.keepalive
+        if route is not None:
+            await self._user_request(session, user, "keepalive", route)
+
+    async def _leave(self, session: Session, user: str) -> None:
+        route = self.cfg.upstream.commands.get("leave")
+        try:
+            if route is not None:
+                await self._user_request(session, user, "leave", route)
+        finally:
+            if not session.hub.presence.is_present(user):
+                session.users.pop(user, None)
+            session.refresh.set()
+            self.drop_if_idle(session)
+
+    def drop_if_idle(self, session: Session) -> None:
+        """Forget a session nobody uses any more (its log goes; the next one has a new epoch)."""
+        if (
+            session.hub.idle
+            and not session.conns
+            and session.inflight == 0
+            and not session.joining
+            and not session.background
+            and self.sessions.get(session.id) is session
+        ):
+            del self.sessions[session.id]
+            self.timers.cancel(("session", session.id))
+            if session.poller is not None:
+                session.poller.cancel()
+            self._update_gauges()
+
+    # ------------------------------------------------------------------ upstream state
+    async def _poll_loop(self, session: Session) -> None:
+        """One poller per session while it has live clients."""
+        every = self.cfg.upstream.state.every
+        while session.conns and self.sessions.get(session.id) is session:
+            session.refresh.clear()
+            await self.poll_once(session)
+            delay = every if session.poll_failures == 0 else min(
+                30.0, every * 2 ** min(session.poll_failures, 5)
+            )  # fmt: skip
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(session.refresh.wait(), delay)
+
+    async def poll_once(self, session: Session) -> None:
+        try:
+            result = await self.upstream.fetch_state(
+                session.id, session.etag, session.last_modified
+            )
+        except UpstreamError as exc:
+            session.poll_failures += 1
+            self.metrics.state_polls.labels("error").inc()
+            log.warning("state poll of session %s failed: %s", session.id, exc)
+            return
+        except Exception:
+            session.poll_failures += 1
+            self.metrics.state_polls.labels("error").inc()
+            log.exception("state poll of session %s failed", session.id)
+            return
+        session.poll_failures = 0
+        if not result.changed:
+            self.metrics.state_polls.labels("not_modified").inc()
+            return
+        session.etag, session.last_modified = result.etag, result.last_modified
+        changed = self.publish_state(session, result.payload, "poll", time.monotonic())
+        self.metrics.state_polls.labels("changed" if changed else "unchanged").inc()
+
+    # ------------------------------------------------------------------ gauges
+    def _update_gauges(self) -> None:
+        self.metrics.sessions.set(len(self.sessions))
+        self.metrics.present_users.set(
+            sum(len(s.hub.presence.online()) for s in self.sessions.values())
+        )
+
+    def refresh_scrape_gauges(self) -> None:
+        """Gauges that are cheaper to compute at scrape time than on every change."""
+        self.metrics.replay_entries.set(sum(len(s.hub.log) for s in self.sessions.values()))

@@ -1,0 +1,218 @@
+"""WebSocket transport at ``paths.websocket`` (RFC 6455 via aiohttp).
+
+This adapter only moves bytes and owns its timers; the runtime decides what
+to send. Stream entries are written as pre-built frames (built once per
+codec, see ``Entry.ws_frame``) straight to the socket's transport when the
+connection negotiated no compression; with permessage-deflate each frame is
+compressed by aiohttp's writer from a bounded per-connection queue.
+Either way a client whose unsent bytes pass ``limits.send_queue_bytes`` is
+closed with 1013 and resumes later; it never delays anyone else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Mapping
+
+from aiohttp import WSMsgType, web
+
+from ..core.replay import Entry
+from ..exceptions import ProtocolError
+from ..protocol.codecs import JSON, SUBPROTOCOLS, Codec
+from ..protocol.frames import OP_BINARY, OP_TEXT, frame
+from ..protocol.types import Message
+from ..runtime import Bridge, JoinRefused, parse_connect
+from .common import BRIDGE, CONFIG, json_error, origin_allowed
+
+log = logging.getLogger("bridge.transports.websocket")
+
+
+class WebSocketConnection:
+    __slots__ = (
+        "ws", "client_id", "session_id", "user_id", "codec", "params", "headers",
+        "last_rx", "busy", "closed", "close_reason", "_bridge", "_tr", "_direct",
+        "_cap", "_queue", "_queued", "_drainer", "_op",
+    )  # fmt: skip
+
+    transport = "websocket"
+
+    def __init__(
+        self,
+        ws: web.WebSocketResponse,
+        request: web.Request,
+        bridge: Bridge,
+        *,
+        client_id: str,
+        session_id: str,
+        user_id: str,
+        codec: Codec,
+        params: Mapping[str, str],
+        headers: Mapping[str, str],
+        now: float,
+    ) -> None:
+        self.ws = ws
+        self.client_id = client_id
+        self.session_id = session_id
+        self.user_id = user_id
+        self.codec = codec
+        self.params = params
+        self.headers = headers
+        self.last_rx = now
+        self.busy = False
+        self.closed = False
+        self.close_reason = "client"
+        self._bridge = bridge
+        self._tr = request.transport
+        self._direct = not ws.compress and self._tr is not None
+        self._cap = bridge.cfg.limits.send_queue_bytes
+        self._queue: deque[bytes] = deque()
+        self._queued = 0
+        self._drainer: asyncio.Task[None] | None = None
+        self._op = OP_BINARY if codec.binary else OP_TEXT
+
+    # -- writing
+    def _write_frame(self, data: bytes) -> bool:
+        tr = self._tr
+        if tr is None or tr.is_closing():
+            self.closed = True
+            return False
+        if tr.get_write_buffer_size() + len(data) > self._cap:
+            self._slow()
+            return False
+        tr.write(data)
+        return True
+
+    def _enqueue(self, payload: bytes) -> bool:
+        if self._queued + len(payload) > self._cap:
+            self._slow()
+            return False
+        self._queue.append(payload)
+        self._queued += len(payload)
+        if self._drainer is None:
+            self._drainer = asyncio.get_running_loop().create_task(self._drain())
+        return True
+
+    async def _drain(self) -> None:
+        try:
+            while self._queue and not self.closed:
+                payload = self._queue.popleft()
+                self._queued -= len(payload)
+                await self.ws.send_frame(payload, WSMsgType(self._op))
+        except (ConnectionError, RuntimeError):
+            self.closed = True
+        finally:
+            self._drainer = None
+
+    def _slow(self) -> None:
+        self._bridge.metrics.slow_consumer_closes.labels("websocket").inc()
+        self.close(1013, "slow consumer: send queue full", "slow_consumer")
+
+    def deliver(self, entry: Entry) -> bool:
+        if self.closed:
+            return False
+        if self._direct:
+            return self._write_frame(entry.ws_frame(self.codec))
+        return self._enqueue(entry.encoded(self.codec))
+
+    def send(self, message: Message) -> None:
+        if self.closed:
+            return
+        payload = self.codec.encode(message)
+        if self._direct:
+            self._write_frame(frame(payload, self._op))
+        else:
+            self._enqueue(payload)
+
+    def close(self, code: int, reason: str, label: str | None = None) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.close_reason = label or _label_for(code)
+        asyncio.get_running_loop().create_task(
+            self.ws.close(code=code, message=reason.encode("utf-8")[:120])
+        )
+
+
+def _label_for(code: int) -> str:
+    return {
+        1000: "replaced",
+        1001: "shutdown",
+        1012: "drain",
+        1013: "overload",
+        4408: "heartbeat_timeout",
+    }.get(code, "server")
+
+
+async def _refuse(ws: web.WebSocketResponse, bridge: Bridge, code: int, message: str,
+                  reason: str) -> web.WebSocketResponse:  # fmt: skip
+    bridge.metrics.connections_rejected.labels("websocket", reason).inc()
+    await ws.close(code=code, message=message.encode("utf-8")[:120])
+    return ws
+
+
+async def websocket_handler(request: web.Request) -> web.StreamResponse:
+    """Upgrade, authenticate, join, welcome, then read until the client goes."""
+    bridge = request.app[BRIDGE]
+    cfg = request.app[CONFIG]
+    protocols = [p for p, c in SUBPROTOCOLS.items() if c is JSON or cfg.codecs.msgpack]
+    ws = web.WebSocketResponse(
+        protocols=protocols,
+        compress=cfg.codecs.websocket_deflate,
+        max_msg_size=cfg.limits.max_message_bytes,
+        autoping=False,
+    )
+    if not ws.can_prepare(request).ok:
+        return json_error(400, "bad_request", "expected a WebSocket upgrade request")
+    allowed = origin_allowed(cfg, request.headers.get("Origin"))
+    req = parse_connect(request.query, request.headers, cfg.upstream.forward_headers)
+    await ws.prepare(request)
+    if not allowed:
+        return await _refuse(ws, bridge, 1008, "origin not allowed", "origin")
+    if isinstance(req, ProtocolError):
+        return await _refuse(ws, bridge, req.close_code, req.message, "bad_request")
+    if bridge.closing:
+        return await _refuse(ws, bridge, 1012, "server restarting", "draining")
+    if len(bridge.connections) >= cfg.limits.max_connections:
+        return await _refuse(ws, bridge, 1013, "too many connections", "overload")
+    auth = bridge.authenticate(req)
+    if isinstance(auth, ProtocolError):
+        return await _refuse(ws, bridge, auth.close_code, auth.message, "unauthorized")
+    client_id, by_token = auth
+    session = bridge.session(req.session_id)
+    if len(session.conns) >= cfg.limits.max_clients_per_session and (
+        client_id not in session.conns
+    ):
+        bridge.drop_if_idle(session)
+        return await _refuse(ws, bridge, 1013, "session is full", "session_full")
+    try:
+        await bridge.ensure_joined(session, req.user_id, client_id, req)
+    except JoinRefused as exc:
+        bridge.drop_if_idle(session)
+        return await _refuse(ws, bridge, exc.close_code, exc.message, "join_refused")
+    codec = SUBPROTOCOLS.get(ws.ws_protocol or "", JSON)
+    conn = WebSocketConnection(
+        ws, request, bridge,
+        client_id=client_id, session_id=req.session_id, user_id=req.user_id, codec=codec,
+        params=req.params, headers=req.headers, now=time.monotonic(),
+    )  # fmt: skip
+    bridge.attach(session, conn, req, by_token)
+    bridge.watch(conn)
+    try:
+        async for msg in ws:
+            if msg.type is WSMsgType.TEXT or msg.type is WSMsgType.BINARY:
+                await bridge.receive(conn, msg.data)
+            elif msg.type is WSMsgType.PING:
+                conn.last_rx = time.monotonic()
+                await ws.pong(msg.data)
+            elif msg.type is WSMsgType.PONG:
+                conn.last_rx = time.monotonic()
+            elif msg.type is WSMsgType.ERROR:
+                conn.close_reason = "protocol_error"
+    finally:
+        conn.closed = True
+        bridge.unwatch(conn)
+        bridge.detach(conn, conn.close_reason)
+    return ws

@@ -1,0 +1,153 @@
+"""Request templates: ``{sessionId}``, ``{userId}``, ``{clientId}``, ``{params.NAME}``,
+``{payload.x.y}`` inside paths and JSON bodies.
+
+Rules:
+
+- A JSON string that is exactly one placeholder takes the value with its JSON
+  type (``"{payload.vote}"`` with vote 5 renders the number 5).
+- Inside longer strings values are inserted as text; in paths they are
+  percent-encoded, so a value can never add a path segment or a query.
+- A missing value fails the render with :class:`MissingValue` (the command is
+  acked ``bad_message``) unless written ``{payload.x?}``: then the key holding it
+  is left out of its object (or the text is empty inside a longer string).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z0-9_-]+)*)(\?)?\}")
+ROOTS = ("sessionId", "userId", "clientId", "params", "payload")
+_SCALAR_ROOTS = ("sessionId", "userId", "clientId")
+
+
+class TemplateError(ValueError):
+    """The template itself is wrong (found when the config is loaded)."""
+
+
+class MissingValue(KeyError):
+    """A required placeholder has no value in this context."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.name = name
+
+    def __str__(self) -> str:
+        return f"missing value for {{{self.name}}}"
+
+
+_OMIT = object()
+
+
+@dataclass(frozen=True)
+class _Ref:
+    parts: tuple[str, ...]
+    optional: bool
+
+    @property
+    def name(self) -> str:
+        return ".".join(self.parts)
+
+
+def _check_ref(text: str, m: re.Match[str]) -> None:
+    parts = m.group(1).split(".")
+    root = parts[0]
+    if root not in ROOTS:
+        raise TemplateError(
+            f"unknown placeholder {{{m.group(1)}}} in {text!r} (use one of "
+            + ", ".join("{" + r + ("" if r in _SCALAR_ROOTS else ".NAME") + "}" for r in ROOTS)
+            + ")"
+        )
+    if root in _SCALAR_ROOTS and len(parts) > 1:
+        raise TemplateError(f"{{{root}}} has no fields, in {text!r}")
+    if root not in _SCALAR_ROOTS and len(parts) == 1:
+        raise TemplateError(f"{{{root}}} needs a field name, like {{{root}.name}}, in {text!r}")
+
+
+def compile_template(template: Any) -> None:
+    """Check every placeholder in ``template``. Raises TemplateError."""
+    if isinstance(template, str):
+        for m in PLACEHOLDER.finditer(template):
+            _check_ref(template, m)
+        stripped = PLACEHOLDER.sub("", template)
+        if "{" in stripped or "}" in stripped:
+            raise TemplateError(f"unbalanced or malformed placeholder in {template!r}")
+    elif isinstance(template, dict):
+        for value in template.values():
+            compile_template(value)
+    elif isinstance(template, list):
+        for value in template:
+            compile_template(value)
+
+
+def _lookup(ctx: Mapping[str, Any], parts: tuple[str, ...]) -> Any:
+    value: Any = ctx
+    for part in parts:
+        if isinstance(value, Mapping) and part in value:
+            value = value[part]
+        elif isinstance(value, list) and part.isdigit() and int(part) < len(value):
+            value = value[int(part)]
+        else:
+            return _OMIT
+    return value
+
+
+def _as_text(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, separators=(",", ":"))
+
+
+def _render(template: Any, ctx: Mapping[str, Any], in_path: bool) -> Any:
+    if isinstance(template, str):
+        whole = PLACEHOLDER.fullmatch(template)
+        if whole is not None and not in_path:
+            ref = _Ref(tuple(whole.group(1).split(".")), whole.group(2) == "?")
+            value = _lookup(ctx, ref.parts)
+            if value is _OMIT or value is None and ref.optional:
+                if ref.optional:
+                    return _OMIT
+                raise MissingValue(ref.name)
+            return value
+
+        def repl(m: re.Match[str]) -> str:
+            ref = _Ref(tuple(m.group(1).split(".")), m.group(2) == "?")
+            value = _lookup(ctx, ref.parts)
+            if value is _OMIT or value is None:
+                if ref.optional:
+                    return ""
+                raise MissingValue(ref.name)
+            text = _as_text(value)
+            return quote(text, safe="") if in_path else text
+
+        return PLACEHOLDER.sub(repl, template)
+    if isinstance(template, dict):
+        out = {}
+        for key, value in template.items():
+            rendered = _render(value, ctx, in_path)
+            if rendered is not _OMIT:
+                out[key] = rendered
+        return out
+    if isinstance(template, list):
+        return [r for r in (_render(v, ctx, in_path) for v in template) if r is not _OMIT]
+    return template
+
+
+def render_path(template: str, ctx: Mapping[str, Any]) -> str:
+    """Render a URL path; values are percent-encoded. Raises MissingValue."""
+    result = _render(template, ctx, in_path=True)
+    assert isinstance(result, str)
+    return result
+
+
+def render_json(template: Any, ctx: Mapping[str, Any]) -> Any:
+    """Render a JSON body template (None stays None). Raises MissingValue."""
+    if template is None:
+        return None
+    result = _render(template, ctx, in_path=False)
+    return None if result is _OMIT else result
