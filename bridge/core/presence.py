@@ -109,7 +109,8 @@ class Presence:
             if kind == "grace":
                 self.leave(user)
                 left.append(user)
-            elif user in self._users and self.keepalive is not None:
+            else:  # a keep-alive timer exists only while its user is present
+                assert self.keepalive is not None
                 keepalive.append(user)
                 self._timers.schedule(("keepalive", user), now + self.keepalive)
         return Due(left, keepalive)

@@ -43,9 +43,11 @@ class JsonCodec:
 
     def decode(self, data: bytes | str) -> Message | BadMessage:
         try:
-            value = json.loads(data)
+            text = data.decode("utf-8") if isinstance(data, bytes) else data
         except UnicodeDecodeError:
             return BadMessage("not valid UTF-8")
+        try:
+            value = json.loads(text)
         except (ValueError, RecursionError):
             return BadMessage("not valid JSON")
         if not isinstance(value, dict):

@@ -1,0 +1,60 @@
+from bridge.core.dedupe import Done, New, Pending
+from bridge.core.hub import HubSettings, SessionHub, state_digest
+from bridge.core.replay import Reset, Resumed
+
+
+def hub(**kw):
+    return SessionHub("s1", "E", HubSettings(**kw))
+
+
+def test_first_client_joins_and_presence_is_broadcast():
+    h = hub(grace=5.0, keepalive=None)
+    assert h.needs_join("u1")
+    a = h.attach("c1", "u1", None, None, 0.0)
+    assert a.backlog == Reset([], "fresh") and a.head == 0
+    assert a.presence.message == {"type": "presence", "seq": 1, "payload": {"online": ["u1"]}}
+    assert not h.needs_join("u1")
+    b = h.attach("c2", "u1", "E", 1, 0.0)
+    assert b.presence is None and b.backlog == Resumed([]) and b.head == 1
+    assert h.epoch == "E"
+
+
+def test_state_changes_only_when_content_changes():
+    h = hub()
+    e = h.state({"a": 1, "b": [1, 2]}, 0.0)
+    assert e is not None and e.seq == 1
+    assert h.state({"b": [1, 2], "a": 1}, 1.0) is None
+    assert h.state({"a": 2}, 2.0).seq == 2
+    assert state_digest({"x": 1}) == state_digest({"x": 1})
+
+
+def test_grace_leave_tick_and_idle():
+    h = hub(grace=5.0, keepalive=2.0)
+    h.attach("c1", "u1", None, None, 0.0)
+    assert not h.idle
+    h.detach("c1", 1.0)
+    assert h.next_deadline() == 2.0
+    t = h.tick(2.0)
+    assert t.keepalive == ["u1"] and t.left == [] and t.presence is None
+    t = h.tick(6.0)
+    assert t.left == ["u1"]
+    assert t.presence.message["payload"] == {"online": []}
+    assert h.idle
+
+
+def test_explicit_leave():
+    h = hub()
+    h.attach("c1", "u1", None, None, 0.0)
+    e = h.leave("u1", 1.0)
+    assert e is not None and e.message["payload"] == {"online": []}
+    assert h.leave("u1", 1.0) is None
+    assert h.needs_join("u1")
+
+
+def test_commands_are_deduplicated():
+    h = hub()
+    assert h.command("u1", "1", "c1", 0.0) == New()
+    assert h.command("u1", "1", "c1", 0.0) == Pending()
+    ack = {"type": "ack", "id": "1", "status": "ok"}
+    assert h.command_done("u1", "1", ack, 1.0) == ["c1"]
+    assert h.command("u1", "1", "c2", 2.0) == Done(ack)

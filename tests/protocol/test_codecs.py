@@ -1,0 +1,88 @@
+import msgpack
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from bridge.exceptions import BadMessage
+from bridge.protocol.codecs import CODECS, JSON, MSGPACK, SUBPROTOCOLS
+from bridge.protocol.frames import OP_BINARY, OP_TEXT, frame
+
+
+def test_json_round_trip_is_compact_and_utf8():
+    data = JSON.encode({"type": "vote", "payload": {"vote": "☕"}})
+    assert data == '{"type":"vote","payload":{"vote":"☕"}}'.encode()
+    assert JSON.decode(data) == {"type": "vote", "payload": {"vote": "☕"}}
+    assert JSON.decode(data.decode()) == {"type": "vote", "payload": {"vote": "☕"}}
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"{not json", "not valid JSON"),
+        (b"\xff\xfe", "not valid UTF-8"),
+        (b"[1, 2]", "a message must be a JSON object"),
+        (b"NaN", "a message must be a JSON object"),
+        (b"[" * 100000, "not valid JSON"),
+    ],
+)
+def test_json_decode_errors_are_returned(data, message):
+    result = JSON.decode(data)
+    assert isinstance(result, BadMessage)
+    assert result.message == message
+    assert result.code == "bad_message"
+
+
+def test_msgpack_round_trip():
+    msg = {"type": "session", "seq": 3, "payload": {"users": [1, 2]}}
+    assert MSGPACK.decode(MSGPACK.encode(msg)) == msg
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ("text", "msgpack messages must be binary"),
+        (b"\xc1", "not valid msgpack"),
+        (msgpack.packb([1, 2]), "a message must be a msgpack map"),
+        (msgpack.packb({1: 2}), "not valid msgpack"),
+        (msgpack.packb({"a": 1}) + b"\x00", "not valid msgpack"),
+    ],
+)
+def test_msgpack_decode_errors_are_returned(data, message):
+    result = MSGPACK.decode(data)
+    assert isinstance(result, BadMessage)
+    assert result.message == message
+
+
+def test_registries():
+    assert CODECS["json"] is JSON and CODECS["msgpack"] is MSGPACK
+    assert SUBPROTOCOLS["bridge.v1.json"] is JSON
+    assert SUBPROTOCOLS["bridge.v1.msgpack"] is MSGPACK
+    assert (JSON.binary, MSGPACK.binary) == (False, True)
+    assert JSON.content_type == "application/json"
+    assert MSGPACK.content_type == "application/msgpack"
+
+
+@given(st.binary(max_size=300))
+def test_decoders_never_raise_on_any_bytes(data):
+    for codec in (JSON, MSGPACK):
+        result = codec.decode(data)
+        assert isinstance(result, dict | BadMessage)
+
+
+@pytest.mark.parametrize(
+    ("n", "header"),
+    [
+        (0, b"\x81\x00"),
+        (125, b"\x81\x7d"),
+        (126, b"\x81\x7e\x00\x7e"),
+        (65535, b"\x81\x7e\xff\xff"),
+        (65536, b"\x81\x7f\x00\x00\x00\x00\x00\x01\x00\x00"),
+    ],
+)
+def test_frame_headers_follow_rfc6455(n, header):
+    payload = b"x" * n
+    assert frame(payload, OP_TEXT) == header + payload
+
+
+def test_binary_frame_opcode():
+    assert frame(b"ab", OP_BINARY)[:2] == b"\x82\x02"

@@ -1,0 +1,47 @@
+from bridge.protocol import messages as m
+
+
+def test_welcome_shape_matches_protocol():
+    w = m.welcome(
+        client_id="c",
+        resume_token="t",
+        epoch="e",
+        seq=4,
+        resumed=True,
+        heartbeat=(25.0, 60.0),
+        reconnect={"initial": 1.0, "max": 30.0, "factor": 2.0, "jitter": 0.5,
+                   "upgrade_interval": 60.0},
+        transports=["websocket"],
+    )  # fmt: skip
+    assert w == {
+        "type": "welcome",
+        "clientId": "c",
+        "resumeToken": "t",
+        "epoch": "e",
+        "seq": 4,
+        "resumed": True,
+        "heartbeat": {"interval_ms": 25000, "timeout_ms": 60000},
+        "reconnect": {"initial_ms": 1000, "max_ms": 30000, "factor": 2.0, "jitter": 0.5,
+                      "upgrade_interval_ms": 60000},
+        "transports": ["websocket"],
+    }  # fmt: skip
+
+
+def test_acks_errors_and_control():
+    assert m.ack_ok("1") == {"type": "ack", "id": "1", "status": "ok"}
+    assert m.failure("rate_limited", "slow down", "2") == {
+        "type": "ack",
+        "id": "2",
+        "status": "error",
+        "error": {"code": "rate_limited", "message": "slow down"},
+    }
+    assert m.failure("bad_message", "no", None) == {
+        "type": "error", "code": "bad_message", "message": "no"
+    }  # fmt: skip
+    assert m.error("x", "y", "3")["id"] == "3"
+    assert m.ping(5) == {"type": "ping", "ts": 5}
+    assert m.heartbeat(6) == {"type": "heartbeat", "ts": 6}
+    assert m.reconnect(1.5, "draining") == {
+        "type": "reconnect", "retry_after_ms": 1500, "reason": "draining"
+    }  # fmt: skip
+    assert m.stream("session", 1, {"a": 1}) == {"type": "session", "seq": 1, "payload": {"a": 1}}
