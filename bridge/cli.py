@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -83,10 +84,14 @@ async def _demo(host: str, port: int, backend_port: int) -> None:
     await backend.setup()
     await web.TCPSite(backend, "127.0.0.1", backend_port).start()
     actual_backend_port = backend.addresses[0][1]
+    push_secret = os.environ.get("BRIDGE_PUSH_SECRET", "demo-push-secret")
     cfg = config_from_dict(
         {
             "listen": {"host": host, "port": port},
-            "upstream": {"url": f"http://127.0.0.1:{actual_backend_port}"},
+            "upstream": {
+                "url": f"http://127.0.0.1:{actual_backend_port}",
+                "push": {"path": "/bridge/push", "secret": push_secret},
+            },
             "presence": {"grace": "10s"},
         }
     )

@@ -139,25 +139,27 @@ class Push:
     secret: str = ""
 
 
-def _default_commands() -> dict[str, Route]:
-    return {
-        "join": Route(
-            method="POST",
-            path="/api/sessions/{sessionId}/join",
-            json={"userId": "{userId}", "name": "{params.name?}"},
-        ),
-        "vote": Route(
-            method="PUT",
-            path="/api/sessions/{sessionId}/votes/{userId}",
-            json={"vote": "{payload.vote}"},
-            idempotent=True,
-        ),
-        "reveal": Route(method="POST", path="/api/sessions/{sessionId}/reveal"),
-        "reset": Route(method="POST", path="/api/sessions/{sessionId}/reset"),
-        "leave": Route(
-            method="POST", path="/api/sessions/{sessionId}/leave", json={"userId": "{userId}"}
-        ),
-    }
+def _default_commands() -> Mapping[str, Route]:
+    return types.MappingProxyType(
+        {
+            "join": Route(
+                method="POST",
+                path="/api/sessions/{sessionId}/join",
+                json={"userId": "{userId}", "name": "{params.name?}"},
+            ),
+            "vote": Route(
+                method="PUT",
+                path="/api/sessions/{sessionId}/votes/{userId}",
+                json={"vote": "{payload.vote}"},
+                idempotent=True,
+            ),
+            "reveal": Route(method="POST", path="/api/sessions/{sessionId}/reveal"),
+            "reset": Route(method="POST", path="/api/sessions/{sessionId}/reset"),
+            "leave": Route(
+                method="POST", path="/api/sessions/{sessionId}/leave", json={"userId": "{userId}"}
+            ),
+        }
+    )
 
 
 def _default_keepalive() -> Keepalive:
