@@ -1,0 +1,228 @@
+"""Shared fixtures: real servers on loopback (the demo legacy backend and the bridge)
+and a small WebSocket test client that speaks protocol v1."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import WSMsgType
+from aiohttp.test_utils import TestServer
+
+from bridge.app import make_app
+from bridge.config import Config, config_from_dict
+from bridge.demo.backend import BACKEND, Backend, make_backend_app
+from bridge.transports.common import BRIDGE
+
+
+def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in extra.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+class Stack:
+    """A demo backend with a bridge in front of it, both on loopback."""
+
+    def __init__(self, backend_server: TestServer, bridge_server: TestServer, cfg: Config):
+        self.backend_server = backend_server
+        self.bridge_server = bridge_server
+        self.cfg = cfg
+        self.http = aiohttp.ClientSession()
+        self.clients: list[WSClient] = []
+
+    @property
+    def backend(self) -> Backend:
+        return self.backend_server.app[BACKEND]
+
+    @property
+    def bridge(self):
+        return self.bridge_server.app[BRIDGE]
+
+    def url(self, path: str) -> str:
+        return str(self.bridge_server.make_url(path))
+
+    async def connect(
+        self, session: str = "s1", user: str = "u1", *, expect_welcome: bool = True,
+        protocols: tuple[str, ...] = ("bridge.v1.json",), headers: dict[str, str] | None = None,
+        **params: Any,
+    ) -> WSClient:  # fmt: skip
+        query = {"sessionId": session, "userId": user}
+        query.update({k: str(v) for k, v in params.items() if v is not None})
+        ws = await self.http.ws_connect(
+            self.url(self.cfg.paths.websocket), params=query, protocols=protocols,
+            headers=headers or {}, autoping=True, max_msg_size=0,
+        )  # fmt: skip
+        client = WSClient(ws, session, user, params)
+        self.clients.append(client)
+        if expect_welcome:
+            await client.welcome()
+        return client
+
+    async def state(self, session: str) -> Any:
+        async with self.http.get(self.backend_server.make_url(f"/api/sessions/{session}")) as r:
+            return await r.json()
+
+    def commands(self, path_part: str = "", method: str | None = None) -> list[dict[str, Any]]:
+        return [
+            c for c in self.backend.commands
+            if path_part in c["path"] and (method is None or c["method"] == method)
+        ]  # fmt: skip
+
+    async def close(self) -> None:
+        for c in self.clients:
+            await c.close()
+        await self.http.close()
+
+
+class WSClient:
+    """Collects everything the bridge sends; helpers wait for what a test needs."""
+
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse, session: str, user: str,
+                 params: dict[str, Any]) -> None:  # fmt: skip
+        self.ws = ws
+        self.session = session
+        self.user = user
+        self.params = params
+        self.received: list[dict[str, Any]] = []
+        self.stream: list[dict[str, Any]] = []
+        self.welcome_msg: dict[str, Any] | None = None
+        self.close_code: int | None = None
+        self._n = 0
+
+    async def next(self, timeout: float = 5.0) -> dict[str, Any] | None:
+        """The next message, or None when the connection closed."""
+        while True:
+            msg = await self.ws.receive(timeout=timeout)
+            if msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSED, WSMsgType.CLOSING, WSMsgType.ERROR):
+                self.close_code = self.ws.close_code
+                return None
+            data = json.loads(msg.data) if msg.type is WSMsgType.TEXT else msg.data
+            if not isinstance(data, dict):  # pragma: no cover - the bridge sends maps
+                raise AssertionError(f"not a map: {data!r}")
+            self.received.append(data)
+            if "seq" in data and data.get("type") in ("session", "presence"):
+                self.stream.append(data)
+            if data.get("type") == "ping":
+                await self.ws.send_json({"type": "pong", "ts": data["ts"]})
+            return data
+
+    async def welcome(self) -> dict[str, Any]:
+        msg = await self.next()
+        assert msg is not None, f"closed with {self.close_code} before welcome"
+        assert msg["type"] == "welcome", msg
+        self.welcome_msg = msg
+        return msg
+
+    async def wait_for(
+        self, pred: Callable[[dict[str, Any]], bool], timeout: float = 5.0
+    ) -> dict[str, Any]:
+        """Read until a message matches (messages already read count too)."""
+        for m in self.received:
+            if pred(m):
+                return m
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise TimeoutError(f"no matching message; got {self.received[-5:]}")
+            msg = await self.next(timeout=remaining)
+            if msg is None:
+                raise AssertionError(f"closed ({self.close_code}) while waiting")
+            if pred(msg):
+                return msg
+
+    async def wait_state(self, pred: Callable[[Any], bool], timeout: float = 5.0) -> dict[str, Any]:
+        return await self.wait_for(lambda m: m.get("type") == "session" and pred(m["payload"]),
+                                   timeout)  # fmt: skip
+
+    @property
+    def last_state(self) -> Any:
+        states = [m for m in self.stream if m["type"] == "session"]
+        return states[-1]["payload"] if states else None
+
+    async def send(self, message: dict[str, Any]) -> None:
+        await self.ws.send_json(message)
+
+    async def command(self, type_: str, payload: dict[str, Any] | None = None,
+                      id: str | None = None, timeout: float = 5.0) -> dict[str, Any]:  # fmt: skip
+        """Send a command with an id and wait for its ack."""
+        self._n += 1
+        cid = id or f"{self.user}-{self._n}"
+        await self.send({"type": type_, "id": cid, "payload": payload or {}})
+        return await self.wait_for(lambda m: m.get("type") == "ack" and m.get("id") == cid, timeout)
+
+    async def closed(self, timeout: float = 5.0) -> int | None:
+        """Read until the bridge closes the connection; returns the close code."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self.close_code is None:
+            if await self.next(timeout=max(0.01, deadline - loop.time())) is None:
+                break
+        return self.close_code
+
+    def resume_params(self) -> dict[str, Any]:
+        assert self.welcome_msg is not None
+        last = self.stream[-1]["seq"] if self.stream else self.welcome_msg["seq"]
+        return {
+            "resumeToken": self.welcome_msg["resumeToken"],
+            "epoch": self.welcome_msg["epoch"],
+            "lastSeq": last,
+        }
+
+    def abort(self) -> None:
+        """Drop the TCP connection without a close frame (a network failure)."""
+        conn = self.ws._response.connection
+        assert conn is not None and conn.transport is not None
+        conn.transport.abort()
+
+    async def close(self) -> None:
+        if not self.ws.closed:
+            await self.ws.close()
+
+
+FAST = {
+    "upstream": {
+        "timeout": "2s",
+        "retry": {"attempts": 2, "initial": "20ms", "max": "50ms"},
+        "state": {"every": "200ms"},
+        "keepalive": {"path": "/api/sessions/{sessionId}/heartbeat",
+                      "json": {"userId": "{userId}"}, "every": "1s"},
+        "push": {"path": "/bridge/push", "secret": "push-secret"},
+    },
+    "presence": {"grace": "1s"},
+    "security": {"token_secret": "test-secret"},
+    "logging": {"debug": True},
+}  # fmt: skip
+
+
+@pytest.fixture
+async def make_stack(aiohttp_server):
+    stacks: list[Stack] = []
+
+    async def make(overrides: dict[str, Any] | None = None, backend_expiry: float = 30.0) -> Stack:
+        backend_server = await aiohttp_server(make_backend_app(backend_expiry))
+        data = deep_merge(FAST, {"upstream": {"url": str(backend_server.make_url(""))}})
+        cfg = config_from_dict(deep_merge(data, overrides or {}))
+        bridge_server = await aiohttp_server(make_app(cfg))
+        stack = Stack(backend_server, bridge_server, cfg)
+        stacks.append(stack)
+        return stack
+
+    yield make
+    for s in stacks:
+        await s.close()
+
+
+@pytest.fixture
+async def stack(make_stack) -> Stack:
+    return await make_stack()

@@ -1,0 +1,86 @@
+"""The console entry points as an operator runs them: real processes, real sockets."""
+
+import asyncio
+import os
+import signal
+import sys
+from pathlib import Path
+
+import aiohttp
+
+from bridge.demo.backend import make_backend_app
+
+
+async def start(*args: str) -> asyncio.subprocess.Process:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bridge", *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=env,
+    )  # fmt: skip
+
+
+async def read_until(proc: asyncio.subprocess.Process, needle: str, timeout: float = 15) -> str:
+    seen = []
+    assert proc.stdout is not None
+    async with asyncio.timeout(timeout):
+        while True:
+            line = (await proc.stdout.readline()).decode()
+            if not line:
+                raise AssertionError("process ended: " + "".join(seen))
+            seen.append(line)
+            if needle in line:
+                return line
+
+
+async def stop(proc: asyncio.subprocess.Process) -> int:
+    if proc.returncode is None:
+        proc.send_signal(signal.SIGTERM)
+    async with asyncio.timeout(15):
+        return await proc.wait()
+
+
+async def test_run_with_a_config_file_and_port_override(
+    tmp_path: Path, aiohttp_server, unused_tcp_port_factory
+):
+    backend = await aiohttp_server(make_backend_app())
+    port = unused_tcp_port_factory()
+    config = tmp_path / "bridge.yaml"
+    config.write_text(
+        f"listen: {{host: 127.0.0.1, port: 1}}\nupstream: {{url: '{backend.make_url('')}'}}\n"
+    )
+    proc = await start("run", "--config", str(config), "--port", str(port))
+    try:
+        await read_until(proc, f"listening on http://127.0.0.1:{port}")
+        async with aiohttp.ClientSession() as http:
+            async with http.ws_connect(
+                f"http://127.0.0.1:{port}/api/websocket", params={"sessionId": "s", "userId": "u"}
+            ) as ws:
+                welcome = await ws.receive_json(timeout=5)
+                assert welcome["type"] == "welcome"
+    finally:
+        code = await stop(proc)
+    assert code == 0
+
+
+async def test_demo_prints_a_url_that_serves_the_planning_poker_page(unused_tcp_port_factory):
+    port = unused_tcp_port_factory()
+    proc = await start("demo", "--port", str(port))
+    try:
+        line = await read_until(proc, "planning poker through the bridge:")
+        url = line.split(": ", 1)[1].strip()
+        assert url == f"http://127.0.0.1:{port}/"
+        async with aiohttp.ClientSession() as http:
+            async with http.get(url) as r:
+                page = await r.text()
+                assert r.status == 200 and 'from "/bridge/client.js"' in page
+            async with http.ws_connect(
+                url + "api/websocket", params={"sessionId": "demo", "userId": "u", "name": "A"}
+            ) as ws:
+                assert (await ws.receive_json(timeout=5))["type"] == "welcome"
+                while True:
+                    msg = await ws.receive_json(timeout=5)
+                    if msg["type"] == "session":
+                        assert msg["payload"]["users"][0]["name"] == "A"
+                        break
+    finally:
+        await stop(proc)
