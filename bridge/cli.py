@@ -50,6 +50,22 @@ def _override(cfg: Config, host: str | None, port: int | None, debug: bool) -> C
     return cfg.replace(listen=listen, logging=logging_cfg)
 
 
+def _raise_open_files(wanted: int) -> None:
+    """Each connection is a file descriptor: lift the soft limit to the hard one."""
+    import logging
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    if hard < wanted + 100:
+        logging.getLogger("bridge").warning(
+            "open-files limit %d is below limits.max_connections (%d): raise LimitNOFILE",
+            hard,
+            wanted,
+        )
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from .app import make_app
     from .logsetup import setup_logging
@@ -60,6 +76,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"session-bridge: {args.config}: {exc}", file=sys.stderr)
         return 1
     setup_logging(cfg.logging)
+    _raise_open_files(cfg.limits.max_connections)
     web.run_app(
         make_app(cfg),
         host=cfg.listen.host,

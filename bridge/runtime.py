@@ -50,6 +50,7 @@ from .upstream.templates import MissingValue
 log = logging.getLogger("bridge.runtime")
 
 TRANSPORTS = ["websocket", "sse", "poll"]
+TICK_SLACK = 0.05  # timers may fire this much early, so one wake-up serves many
 
 
 class Connection(Protocol):
@@ -185,7 +186,8 @@ class Bridge:
         self.sessions: dict[str, Session] = {}
         self.connections: dict[int, Connection] = {}
         self.timers: TimerQueue[tuple[str, Any]] = TimerQueue()
-        self._wake = asyncio.Event()
+        self._waiter: asyncio.Future[None] | None = None
+        self._sleep_until: float | None = None
         self._ticker: asyncio.Task[None] | None = None
         self._hub_settings = HubSettings(
             max_messages=cfg.replay.max_messages,
@@ -196,6 +198,7 @@ class Bridge:
             dedupe_window=cfg.dedupe.window,
         )
         self._command_names = frozenset(cfg.upstream.commands)
+        self._pongs_in = metrics.messages.labels("in", "pong", "json")
         self.closing = False
 
     # ------------------------------------------------------------------ lifecycle
@@ -221,24 +224,42 @@ class Bridge:
 
     # ------------------------------------------------------------------ timers
     def schedule(self, key: tuple[str, Any], when: float) -> None:
-        before = self.timers.next_deadline()
+        """Fire ``key`` at ``when`` (up to TICK_SLACK early, batched with its neighbours)."""
         self.timers.schedule(key, when)
-        if before is None or when < before:
-            self._wake.set()
+        if self._sleep_until is None or when < self._sleep_until - TICK_SLACK:
+            self._wake_ticker()
+
+    def _wake_ticker(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     async def _tick_loop(self) -> None:
+        # One task for every deadline. It sleeps on a future woken by call_at (or
+        # by an earlier schedule), and fires everything due within TICK_SLACK at
+        # once, so 10k connections' heartbeats cost a few wake-ups a second.
+        loop = asyncio.get_running_loop()
         while True:
             deadline = self.timers.next_deadline()
-            self._wake.clear()
-            timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
-            if timeout is None or timeout > 0:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout)
-            now = time.monotonic()
+            if deadline is None or deadline > time.monotonic() + TICK_SLACK:
+                self._waiter = loop.create_future()
+                self._sleep_until = deadline if deadline is not None else float("inf")
+                handle = None if deadline is None else loop.call_at(deadline, self._wake_ticker)
+                try:
+                    await self._waiter
+                finally:
+                    if handle is not None:
+                        handle.cancel()
+                    self._waiter = None
+                    self._sleep_until = None
+            now = time.monotonic() + TICK_SLACK
+            ping: Message | None = None
             for kind, target in self.timers.pop_due(now):
                 try:
                     if kind == "hb":
-                        self._check_heartbeat(target, now)
+                        if ping is None:
+                            ping = m.ping(int(time.time() * 1000))
+                        self._check_heartbeat(target, now, ping)
                     else:
                         self._tick_session(target, now)
                 except Exception:  # pragma: no cover - a bug must not stop the ticker
@@ -525,7 +546,7 @@ class Bridge:
     def unwatch(self, conn: Connection) -> None:
         self.timers.cancel(("hb", conn))
 
-    def _check_heartbeat(self, conn: Connection, now: float) -> None:
+    def _check_heartbeat(self, conn: Connection, now: float, ping: Message) -> None:
         if conn.closed:
             return
         hb = self.cfg.heartbeat
@@ -533,8 +554,13 @@ class Bridge:
             self.metrics.heartbeat_timeouts.labels(conn.transport).inc()
             conn.close(4408, "heartbeat timeout")
             return
-        conn.send(m.ping(int(time.time() * 1000)))
+        conn.send(ping)
         self.schedule(("hb", conn), min(now + hb.interval, conn.last_rx + hb.timeout))
+
+    def pong(self, conn: Connection) -> None:
+        """A ``pong`` answer to our ping: liveness only (the transport's fast path)."""
+        conn.last_rx = time.monotonic()
+        self._pongs_in.inc()
 
     # ------------------------------------------------------------------ sessions
     def _schedule_session(self, session: Session) -> None:

@@ -29,6 +29,8 @@ from .common import BRIDGE, CONFIG, json_error, origin_allowed
 
 log = logging.getLogger("bridge.transports.websocket")
 
+PONG = '{"type":"pong"'
+
 
 class WebSocketConnection:
     __slots__ = (
@@ -202,7 +204,12 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
     bridge.watch(conn)
     try:
         async for msg in ws:
-            if msg.type is WSMsgType.TEXT or msg.type is WSMsgType.BINARY:
+            if msg.type is WSMsgType.TEXT:
+                if msg.data.startswith(PONG):  # every client, every interval: keep it cheap
+                    bridge.pong(conn)
+                else:
+                    await bridge.receive(conn, msg.data)
+            elif msg.type is WSMsgType.BINARY:
                 await bridge.receive(conn, msg.data)
             elif msg.type is WSMsgType.PING:
                 conn.last_rx = time.monotonic()
