@@ -52,9 +52,9 @@ async def _runtime_ctx(app: web.Application) -> AsyncIterator[None]:
 async def _on_shutdown(app: web.Application) -> None:
     bridge = app.get(BRIDGE)
     if bridge is not None:
-        bridge.closing = True
-        for conn in list(bridge.connections.values()):
-            conn.close(1001, "server shutting down")
+        # Without a drain, clients are told "going away" and reconnect with backoff.
+        timeout = min(5.0, app[CONFIG].shutdown.timeout)
+        await bridge.close_all(1001, "server shutting down", timeout)
 
 
 async def health(request: web.Request) -> web.Response:

@@ -58,7 +58,7 @@ def _raise_open_files(wanted: int) -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    if hard < wanted + 100:
+    if hard < wanted:
         logging.getLogger("bridge").warning(
             "open-files limit %d is below limits.max_connections (%d): raise LimitNOFILE",
             hard,

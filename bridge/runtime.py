@@ -205,6 +205,15 @@ class Bridge:
     def start(self) -> None:
         self._ticker = asyncio.get_running_loop().create_task(self._tick_loop())
 
+    async def close_all(self, code: int, reason: str, timeout: float) -> None:
+        """Close every connection and wait (up to ``timeout``) for their handlers to end."""
+        self.closing = True
+        for conn in list(self.connections.values()):
+            conn.close(code, reason)
+        deadline = time.monotonic() + timeout
+        while self.connections and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+
     async def stop(self) -> None:
         """Close every connection (1001) and stop every task. Sends no leaves."""
         self.closing = True

@@ -33,7 +33,10 @@ async def read_until(proc: asyncio.subprocess.Process, needle: str, timeout: flo
 
 
 async def stop(proc: asyncio.subprocess.Process) -> int:
-    if proc.returncode is None:
+    """Wait for the process to end, sending SIGTERM if it does not end by itself."""
+    try:
+        return await asyncio.wait_for(proc.wait(), 2)
+    except TimeoutError:
         proc.send_signal(signal.SIGTERM)
     async with asyncio.timeout(15):
         return await proc.wait()
@@ -57,6 +60,16 @@ async def test_run_with_a_config_file_and_port_override(
             ) as ws:
                 welcome = await ws.receive_json(timeout=5)
                 assert welcome["type"] == "welcome"
+
+                async def read_to_close() -> int | None:
+                    while not (await ws.receive(timeout=10)).type.name.startswith("CLOS"):
+                        pass
+                    return ws.close_code
+
+                reader = asyncio.create_task(read_to_close())
+                await asyncio.sleep(0.2)
+                proc.send_signal(signal.SIGTERM)
+                assert await reader == 1001, "SIGTERM tells clients the server is going away"
     finally:
         code = await stop(proc)
     assert code == 0

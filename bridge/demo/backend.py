@@ -78,6 +78,11 @@ class Backend:
                 "path": request.path,
                 "body": body,
                 "session": request.match_info.get("sid"),
+                "headers": {
+                    k: request.headers[k]
+                    for k in ("Cookie", "Authorization")
+                    if k in request.headers
+                },
                 "at": time.time(),
             }
         )

@@ -218,6 +218,11 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
                 conn.last_rx = time.monotonic()
             elif msg.type is WSMsgType.ERROR:
                 conn.close_reason = "protocol_error"
+    except Exception:
+        log.exception("closing a connection of session %s after an internal error", req.session_id)
+        conn.closed = True
+        conn.close_reason = "internal_error"
+        await ws.close(code=1011, message=b"internal error")
     finally:
         conn.closed = True
         bridge.unwatch(conn)

@@ -278,3 +278,62 @@ async def test_permessage_deflate_clients_get_the_same_stream(stack: Stack):
     final = await zipped.wait_state(lambda s: len(s["users"]) == 2 and s["users"][1]["voted"])
     mine = await plain.wait_state(lambda s: s == final["payload"])
     assert mine["seq"] == final["seq"]
+
+
+async def test_each_stream_message_is_framed_once_for_every_connection(stack: Stack, monkeypatch):
+    import bridge.core.replay as replay
+
+    calls = []
+    real_frame = replay.frame
+
+    def counting_frame(payload, opcode):
+        calls.append(opcode)
+        return real_frame(payload, opcode)
+
+    monkeypatch.setattr(replay, "frame", counting_frame)
+    clients = [await stack.connect("s1", f"u{i}") for i in range(20)]
+    for c in clients:
+        await c.wait_state(lambda s: len(s["users"]) == 20)
+    calls.clear()
+    auth = {"Authorization": "Bearer push-secret"}
+    async with stack.http.post(
+        stack.url("/bridge/push"), json={"sessionId": "s1", "state": {"v": 1}}, headers=auth
+    ) as r:
+        assert r.status == 202
+    for c in clients:
+        await c.wait_state(lambda s: s == {"v": 1})
+    assert calls == [0x1], "one frame built for 20 connections"
+
+
+async def test_handshake_headers_are_forwarded_upstream(stack: Stack):
+    c = await stack.connect("s1", "u1", headers={"Cookie": "sid=abc", "Authorization": "Bearer t"})
+    await c.command("vote", {"vote": "1"})
+    join, vote = stack.commands("/join")[0], stack.commands("/votes/")[0]
+    for call in (join, vote):
+        assert call["headers"] == {"Cookie": "sid=abc", "Authorization": "Bearer t"}
+
+
+async def test_server_shutdown_closes_clients_with_1001(make_stack):
+    stack = await make_stack()
+    c = await stack.connect("s1", "u1")
+    closed = asyncio.create_task(c.closed())  # a client reads all the time
+    started = asyncio.get_running_loop().time()
+    await stack.bridge_server.close()
+    assert await closed == 1001
+    assert asyncio.get_running_loop().time() - started < 3
+
+
+async def test_an_internal_error_closes_1011_and_others_are_served(stack: Stack, monkeypatch):
+    broken = await stack.connect("s1", "broken")
+    fine = await stack.connect("s1", "fine")
+
+    async def explode(conn, raw):
+        if conn.user_id == "broken":
+            raise RuntimeError("a bug")
+        return await original(conn, raw)
+
+    original = stack.bridge.handle_message
+    monkeypatch.setattr(stack.bridge, "handle_message", explode)
+    await broken.send({"type": "vote", "id": "x", "payload": {"vote": "1"}})
+    assert await broken.closed() == 1011
+    assert (await fine.command("vote", {"vote": "2"}))["status"] == "ok"
