@@ -17,8 +17,9 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-# Debian packages the tests use (none are needed yet; the list grows with the suite).
-SYSTEM_PACKAGES :=
+# Debian packages the tests use: chromium for the browser tests (driven by
+# Playwright for Python; never `playwright install`).
+SYSTEM_PACKAGES := chromium
 system-deps:
 	@missing=""; for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then echo "installing:$$missing"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; fi

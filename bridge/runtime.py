@@ -539,6 +539,7 @@ class Bridge:
             session.inflight -= 1
             conn.busy = False
             conn.last_rx = time.monotonic()
+            self.drop_if_idle(session)
         if cmd.type == "leave":
             entry = session.hub.leave(conn.user_id, time.monotonic())
             if entry is not None:
@@ -597,7 +598,12 @@ class Bridge:
     def _spawn(self, session: Session, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
         session.background.add(task)
-        task.add_done_callback(session.background.discard)
+
+        def done(t: asyncio.Task[Any]) -> None:
+            session.background.discard(t)
+            self.drop_if_idle(session)
+
+        task.add_done_callback(done)
 
     async def _user_request(self, session: Session, user: str, name: str, route: Any) -> None:
         ctx_user = session.users.get(user)
@@ -625,7 +631,6 @@ class Bridge:
             if not session.hub.presence.is_present(user):
                 session.users.pop(user, None)
             session.refresh.set()
-            self.drop_if_idle(session)
 
     def drop_if_idle(self, session: Session) -> None:
         """Forget a session nobody uses any more (its log goes; the next one has a new epoch)."""

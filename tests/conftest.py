@@ -16,6 +16,7 @@ from aiohttp.test_utils import TestServer
 from bridge.app import make_app
 from bridge.config import Config, config_from_dict
 from bridge.demo.backend import BACKEND, Backend, make_backend_app
+from bridge.demo.page import add_demo_page
 from bridge.transports.common import BRIDGE
 
 
@@ -209,11 +210,18 @@ FAST = {
 async def make_stack(aiohttp_server):
     stacks: list[Stack] = []
 
-    async def make(overrides: dict[str, Any] | None = None, backend_expiry: float = 30.0) -> Stack:
+    async def make(
+        overrides: dict[str, Any] | None = None,
+        backend_expiry: float = 30.0,
+        demo_page: bool = False,
+    ) -> Stack:
         backend_server = await aiohttp_server(make_backend_app(backend_expiry))
         data = deep_merge(FAST, {"upstream": {"url": str(backend_server.make_url(""))}})
         cfg = config_from_dict(deep_merge(data, overrides or {}))
-        bridge_server = await aiohttp_server(make_app(cfg))
+        app = make_app(cfg)
+        if demo_page:
+            add_demo_page(app)
+        bridge_server = await aiohttp_server(app)
         stack = Stack(backend_server, bridge_server, cfg)
         stacks.append(stack)
         return stack

@@ -337,3 +337,16 @@ async def test_an_internal_error_closes_1011_and_others_are_served(stack: Stack,
     await broken.send({"type": "vote", "id": "x", "payload": {"vote": "1"}})
     assert await broken.closed() == 1011
     assert (await fine.command("vote", {"vote": "2"}))["status"] == "ok"
+
+
+async def test_the_poller_stops_when_the_last_client_is_gone(stack: Stack):
+    c = await stack.connect("s1", "u1")
+    await c.wait_state(lambda s: True)
+    await c.close()
+    await asyncio.sleep(0.3)
+    polls = stack.backend.state_requests["s1"]
+    await asyncio.sleep(0.8)
+    assert stack.backend.state_requests["s1"] == polls
+    await asyncio.sleep(0.6)  # past the 1 s grace: one leave, then the session is dropped
+    assert len(stack.commands("/leave")) == 1
+    assert "s1" not in stack.bridge.sessions
