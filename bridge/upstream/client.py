@@ -36,7 +36,7 @@ from ..exceptions import (
     UpstreamUnavailable,
 )
 from ..metrics import Metrics, status_label
-from .templates import render_json, render_path
+from .templates import MISSING, lookup, render_json, render_path
 
 log = logging.getLogger("bridge.upstream")
 
@@ -70,14 +70,8 @@ def select(payload: Any, path: str | None) -> Any:
     """Follow a dotted path (``data.session``) into a JSON document."""
     if not path:
         return payload
-    for part in path.split("."):
-        if isinstance(payload, Mapping) and part in payload:
-            payload = payload[part]
-        elif isinstance(payload, list) and part.isdigit() and int(part) < len(payload):
-            payload = payload[int(part)]
-        else:
-            return None
-    return payload
+    value = lookup(payload, tuple(path.split(".")))
+    return None if value is MISSING else value
 
 
 def _retry_after(headers: Mapping[str, str]) -> float | None:

@@ -41,7 +41,7 @@ class MissingValue(KeyError):
         return f"missing value for {{{self.name}}}"
 
 
-_OMIT = object()
+MISSING: Any = object()
 
 
 @dataclass(frozen=True)
@@ -85,15 +85,17 @@ def compile_template(template: Any) -> None:
             compile_template(value)
 
 
-def _lookup(ctx: Mapping[str, Any], parts: tuple[str, ...]) -> Any:
-    value: Any = ctx
+def lookup(document: Any, parts: tuple[str, ...]) -> Any:
+    """Follow ``parts`` (map keys, or list indexes as digits) into a JSON document;
+    returns :data:`MISSING` when the path does not exist."""
+    value: Any = document
     for part in parts:
         if isinstance(value, Mapping) and part in value:
             value = value[part]
         elif isinstance(value, list) and part.isdigit() and int(part) < len(value):
             value = value[int(part)]
         else:
-            return _OMIT
+            return MISSING
     return value
 
 
@@ -108,17 +110,17 @@ def _render(template: Any, ctx: Mapping[str, Any], in_path: bool) -> Any:
         whole = PLACEHOLDER.fullmatch(template)
         if whole is not None and not in_path:
             ref = _Ref(tuple(whole.group(1).split(".")), whole.group(2) == "?")
-            value = _lookup(ctx, ref.parts)
-            if value is _OMIT or value is None and ref.optional:
+            value = lookup(ctx, ref.parts)
+            if value is MISSING or value is None and ref.optional:
                 if ref.optional:
-                    return _OMIT
+                    return MISSING
                 raise MissingValue(ref.name)
             return value
 
         def repl(m: re.Match[str]) -> str:
             ref = _Ref(tuple(m.group(1).split(".")), m.group(2) == "?")
-            value = _lookup(ctx, ref.parts)
-            if value is _OMIT or value is None:
+            value = lookup(ctx, ref.parts)
+            if value is MISSING or value is None:
                 if ref.optional:
                     return ""
                 raise MissingValue(ref.name)
@@ -130,11 +132,11 @@ def _render(template: Any, ctx: Mapping[str, Any], in_path: bool) -> Any:
         out = {}
         for key, value in template.items():
             rendered = _render(value, ctx, in_path)
-            if rendered is not _OMIT:
+            if rendered is not MISSING:
                 out[key] = rendered
         return out
     if isinstance(template, list):
-        return [r for r in (_render(v, ctx, in_path) for v in template) if r is not _OMIT]
+        return [r for r in (_render(v, ctx, in_path) for v in template) if r is not MISSING]
     return template
 
 
@@ -150,4 +152,4 @@ def render_json(template: Any, ctx: Mapping[str, Any]) -> Any:
     if template is None:
         return None
     result = _render(template, ctx, in_path=False)
-    return None if result is _OMIT else result
+    return None if result is MISSING else result
