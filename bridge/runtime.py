@@ -66,6 +66,13 @@ class Connection(Protocol):
     last_rx: float
     busy: bool
     closed: bool
+    #: The bridge sends ``ping`` on this transport every heartbeat interval.
+    sends_pings: bool
+    #: Nothing received for heartbeat.timeout ends this transport.
+    rx_timeout: bool
+
+    def start(self, welcome: Message, backlog: list[Entry]) -> None:
+        """Send the welcome, then the backlog, before anything else."""
 
     def deliver(self, entry: Entry) -> bool:
         """Queue a stream entry; False when the connection is (now) closed."""
@@ -107,21 +114,26 @@ def parse_connect(
     headers: Mapping[str, str],
     forward_headers: tuple[str, ...],
     *,
+    seq_param: str = "lastSeq",
     last_seq_header: str | None = None,
 ) -> ConnectRequest | ProtocolError:
-    """Validate the connect query of any transport. Never raises."""
+    """Validate the connect query of any transport. Never raises.
+
+    ``seq_param`` names the query parameter holding lastSeq (``cursor`` for
+    poll); ``last_seq_header`` is used when it is absent (SSE's Last-Event-ID).
+    """
     session_id = query.get("sessionId")
     user_id = query.get("userId")
     if not valid_id(session_id):
         return BadRequest("sessionId must be 1-128 characters of [A-Za-z0-9._:@-]")
     if not valid_id(user_id):
         return BadRequest("userId must be 1-128 characters of [A-Za-z0-9._:@-]")
-    raw_seq = query.get("lastSeq", last_seq_header)
+    raw_seq = query.get(seq_param) or last_seq_header
     last_seq: int | None = None
     if raw_seq not in (None, ""):
         assert raw_seq is not None
         if not raw_seq.isdigit() or len(raw_seq) > 18:
-            return BadRequest("lastSeq must be a non-negative integer")
+            return BadRequest(f"{seq_param} must be a non-negative integer")
         last_seq = int(raw_seq)
     epoch = query.get("epoch") or None
     if epoch is not None and (len(epoch) > 64 or not valid_id(epoch)):
@@ -158,6 +170,8 @@ class Session:
     conns: dict[str, Connection] = field(default_factory=dict)
     users: dict[str, _UserContext] = field(default_factory=dict)
     joining: dict[str, asyncio.Future[None]] = field(default_factory=dict)
+    #: (userId, command id) → the ack, for repeats that arrive while it is upstream.
+    pending: dict[tuple[str, str], asyncio.Future[Message]] = field(default_factory=dict)
     poller: asyncio.Task[None] | None = None
     refresh: asyncio.Event = field(default_factory=asyncio.Event)
     inflight: int = 0
@@ -378,25 +392,8 @@ class Bridge:
         resumed = not isinstance(backlog, Reset)
         if req.epoch is not None and req.last_seq is not None and resumed_token:
             self.metrics.resumes.labels("resumed" if resumed else "reset").inc()
-        welcome = m.welcome(
-            client_id=conn.client_id,
-            resume_token=self.issue_token(conn.client_id, session.id, conn.user_id),
-            epoch=session.hub.epoch,
-            seq=attached.head,
-            resumed=resumed,
-            heartbeat=(self.cfg.heartbeat.interval, self.cfg.heartbeat.timeout),
-            reconnect={
-                "initial": self.cfg.reconnect.initial,
-                "max": self.cfg.reconnect.max,
-                "factor": self.cfg.reconnect.factor,
-                "jitter": self.cfg.reconnect.jitter,
-                "upgrade_interval": self.cfg.reconnect.upgrade_interval,
-            },
-            transports=TRANSPORTS,
-        )
-        conn.send(welcome)
-        for entry in backlog.entries:
-            conn.deliver(entry)
+        welcome = self.welcome(session, conn, resumed, attached.head)
+        conn.start(welcome, backlog.entries)
         self.metrics.connections_opened.labels(conn.transport).inc()
         self.metrics.connections_active.labels(conn.transport).inc()
         if attached.presence is not None:
@@ -411,6 +408,26 @@ class Bridge:
                 conn.transport, session.id, conn.user_id, conn.client_id, resumed,
                 session.hub.log.head,
             )  # fmt: skip
+
+    def welcome(self, session: Session, conn: Connection, resumed: bool, head: int) -> Message:
+        """The ``welcome`` message for ``conn`` (with a fresh resume token)."""
+        cfg = self.cfg
+        return m.welcome(
+            client_id=conn.client_id,
+            resume_token=self.issue_token(conn.client_id, session.id, conn.user_id),
+            epoch=session.hub.epoch,
+            seq=head,
+            resumed=resumed,
+            heartbeat=(cfg.heartbeat.interval, cfg.heartbeat.timeout),
+            reconnect={
+                "initial": cfg.reconnect.initial,
+                "max": cfg.reconnect.max,
+                "factor": cfg.reconnect.factor,
+                "jitter": cfg.reconnect.jitter,
+                "upgrade_interval": cfg.reconnect.upgrade_interval,
+            },
+            transports=TRANSPORTS,
+        )
 
     def detach(self, conn: Connection, reason: str) -> None:
         """The transport ended. Starts the user's grace if it was their last client."""
@@ -496,25 +513,34 @@ class Bridge:
             reply = m.failure("unknown_type", f"unknown message type {cmd.type!r}", cmd.id)
             conn.send(reply)
             return reply if cmd.id is not None else None
-        now = time.monotonic()
-        if cmd.id is not None:
-            state = session.hub.command(conn.user_id, cmd.id, conn.client_id, now)
-            if isinstance(state, Done):
-                self.metrics.dedupe_hits.inc()
-                conn.send(state.ack)
-                return state.ack
-            if isinstance(state, Pending):
-                self.metrics.dedupe_hits.inc()
-                return None
-        ack = await self._forward(session, conn, cmd, route)
         if cmd.id is None:
+            ack = await self._forward(session, conn, cmd, route)
             if ack["status"] != "ok":
                 conn.send(m.error(ack["error"]["code"], ack["error"]["message"]))
             return None
-        for client_id in session.hub.command_done(conn.user_id, cmd.id, ack, time.monotonic()):
-            target = session.conns.get(client_id)
-            if target is not None and target is not conn:
-                target.send(ack)
+        key = (conn.user_id, cmd.id)
+        state = session.hub.command(conn.user_id, cmd.id, time.monotonic())
+        if isinstance(state, Done | Pending):
+            # A repeat (same user, same id): answered with the original ack, once known.
+            self.metrics.dedupe_hits.inc()
+            if isinstance(state, Done):
+                ack = state.ack
+            else:
+                ack = await asyncio.shield(session.pending[key])
+        else:
+            fut = session.pending[key] = asyncio.get_running_loop().create_future()
+            try:
+                ack = await self._forward(session, conn, cmd, route)
+            except BaseException:  # cancelled (shutdown): the outcome is unknown
+                session.hub.command_abandoned(conn.user_id, cmd.id)
+                fut.set_result(
+                    m.ack_error(cmd.id, "upstream_unavailable", "interrupted; send it again")
+                )
+                raise
+            finally:
+                session.pending.pop(key, None)
+            session.hub.command_done(conn.user_id, cmd.id, ack, time.monotonic())
+            fut.set_result(ack)
         if not conn.closed:
             conn.send(ack)
         return ack
@@ -550,8 +576,9 @@ class Bridge:
 
     # ------------------------------------------------------------------ heartbeats
     def watch(self, conn: Connection) -> None:
-        """Start heartbeats for a connection (WebSocket / SSE)."""
-        self.schedule(("hb", conn), time.monotonic() + self.cfg.heartbeat.interval)
+        """Start the connection's heartbeat timer (pings and/or its receive timeout)."""
+        hb = self.cfg.heartbeat
+        self.schedule(("hb", conn), time.monotonic() + min(hb.interval, hb.timeout))
 
     def unwatch(self, conn: Connection) -> None:
         self.timers.cancel(("hb", conn))
@@ -560,12 +587,18 @@ class Bridge:
         if conn.closed:
             return
         hb = self.cfg.heartbeat
-        if now - conn.last_rx >= hb.timeout and not conn.busy:
+        if conn.rx_timeout and now - conn.last_rx >= hb.timeout and not conn.busy:
             self.metrics.heartbeat_timeouts.labels(conn.transport).inc()
             conn.close(4408, "heartbeat timeout")
             return
-        conn.send(ping)
-        self.schedule(("hb", conn), min(now + hb.interval, conn.last_rx + hb.timeout))
+        if conn.sends_pings:
+            conn.send(ping)
+            when = now + hb.interval
+            if conn.rx_timeout:
+                when = min(when, conn.last_rx + hb.timeout)
+        else:
+            when = max(conn.last_rx + hb.timeout, now + TICK_SLACK * 2)
+        self.schedule(("hb", conn), when)
 
     def pong(self, conn: Connection) -> None:
         """A ``pong`` answer to our ping: liveness only (the transport's fast path)."""

@@ -1,13 +1,14 @@
 """The command de-dupe window: (userId, id) → the ack, for ``window`` seconds.
 
 A command seen for the first time is forwarded (``New``); a repeat while the
-first is still upstream waits for its ack (``Pending``); a repeat after it
-gets the cached ack (``Done``). Upstream thus sees each id at most once.
+first is still upstream must wait for its ack (``Pending``: the caller keeps
+the waiting, the window only knows the state); a repeat after it gets the
+cached ack (``Done``). Upstream thus sees each id at most once.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from ..protocol.types import Message
 
@@ -16,7 +17,6 @@ from ..protocol.types import Message
 class _Record:
     expires: float
     ack: Message | None = None
-    waiters: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,35 +42,30 @@ class Dedupe:
     def __len__(self) -> int:
         return len(self._records)
 
-    def begin(self, user: str, command_id: str, client: str, now: float) -> New | Pending | Done:
-        """Register a command from ``client``; says whether to forward it."""
+    def begin(self, user: str, command_id: str, now: float) -> New | Pending | Done:
+        """Register a command; says whether to forward it."""
         self.expire(now)
         key = (user, command_id)
         record = self._records.get(key)
         if record is None:
-            self._records[key] = _Record(expires=now + self.window, waiters=[client])
+            self._records[key] = _Record(expires=now + self.window)
             return New()
         if record.ack is None:
-            if client not in record.waiters:
-                record.waiters.append(client)
             return Pending()
         return Done(record.ack)
 
-    def finish(self, user: str, command_id: str, ack: Message, now: float) -> list[str]:
-        """Store the ack; returns the clients waiting for it."""
-        record = self._records.get((user, command_id))
+    def finish(self, user: str, command_id: str, ack: Message, now: float) -> None:
+        """Store the ack of a forwarded command (repeats now get it)."""
+        record = self._records.pop((user, command_id), None)
         if record is None:
-            return []
+            return
         record.ack = ack
         record.expires = now + self.window
-        # Re-insert so the dict stays ordered by expiry (the window is constant).
-        del self._records[(user, command_id)]
+        # Re-inserted at the end, so the dict stays ordered by expiry.
         self._records[(user, command_id)] = record
-        waiters, record.waiters = record.waiters, []
-        return waiters
 
     def forget(self, user: str, command_id: str) -> None:
-        """Drop a command that was never forwarded (so a retry is forwarded)."""
+        """The command's outcome is unknown (interrupted): let a repeat be forwarded."""
         self._records.pop((user, command_id), None)
 
     def expire(self, now: float) -> None:

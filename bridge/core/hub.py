@@ -94,13 +94,15 @@ class SessionHub:
             return self._presence_entry(now)
         return None
 
-    def command(self, user: str, command_id: str, client: str, now: float) -> New | Pending | Done:
-        return self.dedupe.begin(user, command_id, client, now)
+    def command(self, user: str, command_id: str, now: float) -> New | Pending | Done:
+        return self.dedupe.begin(user, command_id, now)
 
-    def command_done(
-        self, user: str, command_id: str, ack: dict[str, Any], now: float
-    ) -> list[str]:
-        return self.dedupe.finish(user, command_id, ack, now)
+    def command_done(self, user: str, command_id: str, ack: dict[str, Any], now: float) -> None:
+        self.dedupe.finish(user, command_id, ack, now)
+
+    def command_abandoned(self, user: str, command_id: str) -> None:
+        """Interrupted before the upstream answered: a repeat will be forwarded."""
+        self.dedupe.forget(user, command_id)
 
     def state(self, payload: Any, now: float) -> Entry | None:
         """New upstream state: a ``session`` entry when it changed, else None."""

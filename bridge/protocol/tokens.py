@@ -57,9 +57,17 @@ def issue(secret: bytes, claims: TokenClaims) -> str:
 
 
 def verify(
-    secret: bytes, token: str, *, now: float, session_id: str, user_id: str
+    secret: bytes,
+    token: str,
+    *,
+    now: float,
+    session_id: str | None = None,
+    user_id: str | None = None,
 ) -> TokenClaims | Unauthorized:
-    """Check signature, expiry and binding to this session and user."""
+    """Check signature, expiry and binding to this session and user.
+
+    ``None`` for ``session_id``/``user_id`` accepts the token's own (the token
+    is signed, so its claims name who the bearer is)."""
     if not isinstance(token, str) or len(token) > MAX_TOKEN_LENGTH or token.count(".") != 1:
         return Unauthorized("malformed resume token")
     body, mac = token.split(".")
@@ -77,9 +85,11 @@ def verify(
         )
     except (ValueError, KeyError, TypeError):
         return Unauthorized("malformed resume token")
-    if not (valid_id(claims.client_id) and valid_id(claims.session_id)):
+    if not all(valid_id(v) for v in (claims.client_id, claims.session_id, claims.user_id)):
         return Unauthorized("malformed resume token")
-    if claims.session_id != session_id or claims.user_id != user_id:
+    if (session_id is not None and claims.session_id != session_id) or (
+        user_id is not None and claims.user_id != user_id
+    ):
         return Unauthorized("resume token belongs to another session or user")
     if claims.expires <= now:
         return Unauthorized("resume token has expired")

@@ -1,14 +1,16 @@
-"""What every transport adapter shares: JSON errors, origin checks, app keys."""
+"""What every transport adapter shares: admission, JSON errors, origin checks, app keys."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
 
 from ..config import Config
+from ..exceptions import ProtocolError
 from ..metrics import Metrics
-from ..runtime import Bridge
+from ..runtime import Bridge, ConnectRequest, JoinRefused, Session, parse_connect
 
 CONFIG: web.AppKey[Config] = web.AppKey("config", Config)
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics", Metrics)
@@ -43,3 +45,84 @@ def client_ip(request: web.Request) -> str:
     if isinstance(peer, tuple) and peer:
         return str(peer[0])
     return "unknown"
+
+
+#: HTTP statuses for the close codes a refused connection gets (protocol.md).
+STATUS_FOR_CLOSE = {1008: 403, 1012: 503, 1013: 503, 4400: 400, 4401: 401, 4404: 404}
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """Why a connection is not admitted, as a close code and as an HTTP status."""
+
+    close_code: int
+    code: str
+    message: str
+    reason: str  # metrics label
+
+    @property
+    def status(self) -> int:
+        return STATUS_FOR_CLOSE.get(self.close_code, 400)
+
+    def response(self, retry_after: float = 1.0) -> web.Response:
+        headers = {"Retry-After": str(max(1, round(retry_after)))} if self.status == 503 else None
+        return json_error(self.status, self.code, self.message, headers)
+
+
+@dataclass(frozen=True, slots=True)
+class Admitted:
+    req: ConnectRequest
+    session: Session
+    client_id: str
+    by_token: bool
+
+
+async def admit(
+    request: web.Request,
+    transport: str,
+    *,
+    seq_param: str = "lastSeq",
+    last_seq_header: str | None = None,
+) -> Admitted | Refusal:
+    """Every check a new stream connection passes, the same for every transport:
+    origin, connect parameters, draining, limits, resume token, upstream join."""
+    bridge = request.app[BRIDGE]
+    cfg = request.app[CONFIG]
+    admitted = await _admit(bridge, cfg, request, seq_param, last_seq_header)
+    if isinstance(admitted, Refusal):
+        bridge.metrics.connections_rejected.labels(transport, admitted.reason).inc()
+    return admitted
+
+
+async def _admit(
+    bridge: Bridge, cfg: Config, request: web.Request, seq_param: str,
+    last_seq_header: str | None,
+) -> Admitted | Refusal:  # fmt: skip
+    if not origin_allowed(cfg, request.headers.get("Origin")):
+        return Refusal(1008, "forbidden", "origin not allowed", "origin")
+    req = parse_connect(
+        request.query, request.headers, cfg.upstream.forward_headers,
+        seq_param=seq_param, last_seq_header=last_seq_header,
+    )  # fmt: skip
+    if isinstance(req, ProtocolError):
+        return Refusal(req.close_code, req.code, req.message, "bad_request")
+    if bridge.closing:
+        return Refusal(1012, "draining", "server restarting", "draining")
+    if len(bridge.connections) >= cfg.limits.max_connections:
+        return Refusal(1013, "overloaded", "too many connections", "overload")
+    auth = bridge.authenticate(req)
+    if isinstance(auth, ProtocolError):
+        return Refusal(auth.close_code, auth.code, auth.message, "unauthorized")
+    client_id, by_token = auth
+    session = bridge.session(req.session_id)
+    if len(session.conns) >= cfg.limits.max_clients_per_session and (
+        client_id not in session.conns
+    ):
+        bridge.drop_if_idle(session)
+        return Refusal(1013, "session_full", "session is full", "session_full")
+    try:
+        await bridge.ensure_joined(session, req.user_id, client_id, req)
+    except JoinRefused as exc:
+        bridge.drop_if_idle(session)
+        return Refusal(exc.close_code, exc.code, exc.message, "join_refused")
+    return Admitted(req, session, client_id, by_token)

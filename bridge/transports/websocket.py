@@ -20,12 +20,11 @@ from collections.abc import Mapping
 from aiohttp import WSMsgType, web
 
 from ..core.replay import Entry
-from ..exceptions import ProtocolError
 from ..protocol.codecs import JSON, SUBPROTOCOLS, Codec
 from ..protocol.frames import OP_BINARY, OP_TEXT, frame
 from ..protocol.types import Message
-from ..runtime import Bridge, JoinRefused, parse_connect
-from .common import BRIDGE, CONFIG, json_error, origin_allowed
+from ..runtime import Bridge
+from .common import BRIDGE, CONFIG, Refusal, admit, json_error
 
 log = logging.getLogger("bridge.transports.websocket")
 
@@ -40,6 +39,8 @@ class WebSocketConnection:
     )  # fmt: skip
 
     transport = "websocket"
+    sends_pings = True
+    rx_timeout = True
 
     def __init__(
         self,
@@ -112,6 +113,11 @@ class WebSocketConnection:
         self._bridge.metrics.slow_consumer_closes.labels("websocket").inc()
         self.close(1013, "slow consumer: send queue full", "slow_consumer")
 
+    def start(self, welcome: Message, backlog: list[Entry]) -> None:
+        self.send(welcome)
+        for entry in backlog:
+            self.deliver(entry)
+
     def deliver(self, entry: Entry) -> bool:
         if self.closed:
             return False
@@ -148,15 +154,8 @@ def _label_for(code: int) -> str:
     }.get(code, "server")
 
 
-async def _refuse(ws: web.WebSocketResponse, bridge: Bridge, code: int, message: str,
-                  reason: str) -> web.WebSocketResponse:  # fmt: skip
-    bridge.metrics.connections_rejected.labels("websocket", reason).inc()
-    await ws.close(code=code, message=message.encode("utf-8")[:120])
-    return ws
-
-
 async def websocket_handler(request: web.Request) -> web.StreamResponse:
-    """Upgrade, authenticate, join, welcome, then read until the client goes."""
+    """Admit (join upstream if needed), upgrade, welcome, then read until the client goes."""
     bridge = request.app[BRIDGE]
     cfg = request.app[CONFIG]
     protocols = [p for p, c in SUBPROTOCOLS.items() if c is JSON or cfg.codecs.msgpack]
@@ -168,39 +167,20 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
     )
     if not ws.can_prepare(request).ok:
         return json_error(400, "bad_request", "expected a WebSocket upgrade request")
-    allowed = origin_allowed(cfg, request.headers.get("Origin"))
-    req = parse_connect(request.query, request.headers, cfg.upstream.forward_headers)
+    admitted = await admit(request, "websocket")
     await ws.prepare(request)
-    if not allowed:
-        return await _refuse(ws, bridge, 1008, "origin not allowed", "origin")
-    if isinstance(req, ProtocolError):
-        return await _refuse(ws, bridge, req.close_code, req.message, "bad_request")
-    if bridge.closing:
-        return await _refuse(ws, bridge, 1012, "server restarting", "draining")
-    if len(bridge.connections) >= cfg.limits.max_connections:
-        return await _refuse(ws, bridge, 1013, "too many connections", "overload")
-    auth = bridge.authenticate(req)
-    if isinstance(auth, ProtocolError):
-        return await _refuse(ws, bridge, auth.close_code, auth.message, "unauthorized")
-    client_id, by_token = auth
-    session = bridge.session(req.session_id)
-    if len(session.conns) >= cfg.limits.max_clients_per_session and (
-        client_id not in session.conns
-    ):
-        bridge.drop_if_idle(session)
-        return await _refuse(ws, bridge, 1013, "session is full", "session_full")
-    try:
-        await bridge.ensure_joined(session, req.user_id, client_id, req)
-    except JoinRefused as exc:
-        bridge.drop_if_idle(session)
-        return await _refuse(ws, bridge, exc.close_code, exc.message, "join_refused")
+    if isinstance(admitted, Refusal):
+        # Browsers cannot read an HTTP status on a failed upgrade: refuse with a close code.
+        await ws.close(code=admitted.close_code, message=admitted.message.encode()[:120])
+        return ws
+    req, session, client_id = admitted.req, admitted.session, admitted.client_id
     codec = SUBPROTOCOLS.get(ws.ws_protocol or "", JSON)
     conn = WebSocketConnection(
         ws, request, bridge,
         client_id=client_id, session_id=req.session_id, user_id=req.user_id, codec=codec,
         params=req.params, headers=req.headers, now=time.monotonic(),
     )  # fmt: skip
-    bridge.attach(session, conn, req, by_token)
+    bridge.attach(session, conn, req, admitted.by_token)
     bridge.watch(conn)
     try:
         async for msg in ws:

@@ -53,8 +53,11 @@ def test_explicit_leave():
 
 def test_commands_are_deduplicated():
     h = hub()
-    assert h.command("u1", "1", "c1", 0.0) == New()
-    assert h.command("u1", "1", "c1", 0.0) == Pending()
+    assert h.command("u1", "1", 0.0) == New()
+    assert h.command("u1", "1", 0.0) == Pending()
     ack = {"type": "ack", "id": "1", "status": "ok"}
-    assert h.command_done("u1", "1", ack, 1.0) == ["c1"]
-    assert h.command("u1", "1", "c2", 2.0) == Done(ack)
+    h.command_done("u1", "1", ack, 1.0)
+    assert h.command("u1", "1", 2.0) == Done(ack)
+    assert h.command("u1", "2", 2.0) == New()
+    h.command_abandoned("u1", "2")
+    assert h.command("u1", "2", 2.0) == New()
