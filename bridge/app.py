@@ -22,6 +22,9 @@ from .metrics import Metrics
 from .protocol.types import valid_id
 from .runtime import Bridge
 from .transports.common import BRIDGE, CONFIG, METRICS, json_error
+from .transports.messages import messages_handler
+from .transports.poll import poll_handler
+from .transports.sse import events_handler
 from .transports.websocket import websocket_handler
 from .upstream.client import UpstreamClient
 
@@ -135,6 +138,9 @@ def make_app(cfg: Config, *, registry_metrics: Metrics | None = None) -> web.App
     app.on_shutdown.append(_on_shutdown)
     p = cfg.paths
     app.router.add_get(p.websocket, websocket_handler)
+    app.router.add_get(p.events, events_handler)
+    app.router.add_get(p.poll, poll_handler)
+    app.router.add_post(p.messages, messages_handler)
     app.router.add_get(p.health, health)
     app.router.add_get(p.ready, ready)
     app.router.add_get(p.metrics, metrics)

@@ -304,6 +304,11 @@ class Bridge:
             return claims
         return claims.client_id, True
 
+    @property
+    def secret(self) -> bytes:
+        """The resume-token key (security.token_secret)."""
+        return self._secret
+
     def issue_token(self, client_id: str, session_id: str, user_id: str) -> str:
         claims = tokens.TokenClaims(
             client_id=client_id,  # type: ignore[arg-type]
@@ -484,7 +489,7 @@ class Bridge:
             return
         await self.handle_message(conn, decoded)
 
-    async def handle_message(self, conn: Connection, raw: Message) -> Message | None:
+    async def handle_message(self, conn: Connection, raw: object) -> Message | None:
         """Process one decoded client message; returns its ack (if it has an id)."""
         cmd = normalise(raw, conn.session_id, conn.user_id)
         if isinstance(cmd, ProtocolError):

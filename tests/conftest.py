@@ -4,6 +4,7 @@ and a small WebSocket test client that speaks protocol v1."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import Callable
 from typing import Any
@@ -54,10 +55,18 @@ class Stack:
     async def connect(
         self, session: str = "s1", user: str = "u1", *, expect_welcome: bool = True,
         protocols: tuple[str, ...] = ("bridge.v1.json",), headers: dict[str, str] | None = None,
-        **params: Any,
-    ) -> WSClient:  # fmt: skip
+        transport: str = "websocket", **params: Any,
+    ) -> Any:  # fmt: skip
         query = {"sessionId": session, "userId": user}
         query.update({k: str(v) for k, v in params.items() if v is not None})
+        if transport != "websocket":
+            cls = SSEClient if transport == "sse" else PollClient
+            client = cls(self, session, user, params)
+            self.clients.append(client)
+            await client.open(query, headers or {})
+            if expect_welcome:
+                await client.welcome()
+            return client
         ws = await self.http.ws_connect(
             self.url(self.cfg.paths.websocket), params=query, protocols=protocols,
             headers=headers or {}, autoping=True, max_msg_size=0,
@@ -234,3 +243,168 @@ async def make_stack(aiohttp_server):
 @pytest.fixture
 async def stack(make_stack) -> Stack:
     return await make_stack()
+
+
+class HTTPClient(WSClient):
+    """Shared by the SSE and poll test clients: commands go over POST /api/messages,
+    and what the POST answers is recorded as if it had arrived on the stream."""
+
+    def __init__(self, stack: Stack, session: str, user: str, params: dict[str, Any]) -> None:
+        super().__init__(None, session, user, params)  # type: ignore[arg-type]
+        self.stack = stack
+        self.queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+        self.task: asyncio.Task[None] | None = None
+        self.token: str | None = params.get("resumeToken")
+        self.epoch: str | None = params.get("epoch")
+        self.http_status: int | None = None
+
+    async def next(self, timeout: float = 5.0) -> dict[str, Any] | None:
+        if self.close_code is not None and self.queue.empty():
+            return None
+        try:
+            msg = await asyncio.wait_for(self.queue.get(), timeout)
+        except TimeoutError:
+            raise TimeoutError("nothing received") from None
+        if msg is None:
+            self.close_code = self.close_code or 1006
+            return None
+        self.received.append(msg)
+        if msg.get("type") in ("session", "presence") and "seq" in msg:
+            self.stream.append(msg)
+        if msg.get("type") == "welcome":
+            self.token, self.epoch = msg["resumeToken"], msg["epoch"]
+            if msg["resumed"] is False:
+                self.stream_reset_at = len(self.stream)
+        return msg
+
+    async def send(self, message: Any) -> None:
+        await self.post(message)
+
+    async def post(self, body: Any, **kw: Any) -> dict[str, Any]:
+        assert self.token, "no token yet"
+        async with self.stack.http.post(
+            self.stack.url(self.stack.cfg.paths.messages),
+            params={"resumeToken": self.token}, json=body, **kw,
+        ) as r:  # fmt: skip
+            answer = await r.json()
+            assert r.status == 200, answer
+        for item in answer.get("acks", []) + answer.get("errors", []):
+            self.queue.put_nowait(item)
+        return answer
+
+    def resume_params(self) -> dict[str, Any]:
+        last = self.stream[-1]["seq"] if self.stream else self.welcome_msg["seq"]
+        return {"resumeToken": self.token, "epoch": self.epoch, "lastSeq": last}
+
+    def abort(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+
+    async def close(self) -> None:
+        self.abort()
+        if self.task is not None:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self.task
+
+
+class SSEClient(HTTPClient):
+    transport = "sse"
+
+    async def open(self, query: dict[str, Any], headers: dict[str, str]) -> None:
+        resp = await self.stack.http.get(
+            self.stack.url(self.stack.cfg.paths.events), params=query, headers=headers
+        )
+        self.response = resp
+        self.http_status = resp.status
+        if resp.status != 200:
+            self.close_code = resp.status
+            self.error = await resp.json()
+            resp.release()
+            self.queue.put_nowait(None)
+            return
+        self.task = asyncio.create_task(self._read(resp))
+
+    async def _read(self, resp: aiohttp.ClientResponse) -> None:
+        event: dict[str, str] = {}
+        try:
+            async for raw in resp.content:
+                line = raw.decode().rstrip("\n")
+                if line == "":
+                    if "data" in event:
+                        msg = json.loads(event["data"])
+                        assert msg["type"] == event.get("event"), (msg, event)
+                        if "id" in event:
+                            assert int(event["id"]) == msg["seq"]
+                        self.queue.put_nowait(msg)
+                    event = {}
+                    continue
+                name, _, value = line.partition(": ")
+                event[name] = value
+        except (aiohttp.ClientError, asyncio.CancelledError):
+            pass
+        finally:
+            resp.close()
+            self.close_code = self.close_code or 1006
+            self.queue.put_nowait(None)
+
+    def abort(self) -> None:
+        conn = self.response.connection
+        if conn is not None and conn.transport is not None:
+            conn.transport.abort()
+        super().abort()
+
+
+class PollClient(HTTPClient):
+    transport = "poll"
+    wait = 1.0
+
+    async def open(self, query: dict[str, Any], headers: dict[str, str]) -> None:
+        self.cursor: int | None = query.pop("lastSeq", None)
+        self.query = query
+        self.headers = headers
+        self.task = asyncio.create_task(self._loop())
+
+    async def _loop(self) -> None:
+        try:
+            while True:
+                params = dict(self.query)
+                if self.token:
+                    params.update(resumeToken=self.token, wait=str(self.wait))
+                    if self.epoch:
+                        params["epoch"] = self.epoch
+                    if self.cursor is not None:
+                        params["cursor"] = str(self.cursor)
+                async with self.stack.http.get(
+                    self.stack.url(self.stack.cfg.paths.poll), params=params, headers=self.headers
+                ) as r:
+                    self.http_status = r.status
+                    body = await r.json()
+                if r.status != 200:
+                    self.close_code = r.status
+                    self.error = body
+                    return
+                for msg in body["messages"]:
+                    if msg.get("type") == "welcome":
+                        self.token, self.epoch = msg["resumeToken"], msg["epoch"]
+                    self.queue.put_nowait(msg)
+                self.cursor = body["cursor"]
+        except (aiohttp.ClientError, asyncio.CancelledError):
+            pass
+        finally:
+            self.queue.put_nowait(None)
+
+    async def welcome(self) -> dict[str, Any]:
+        if self.token and self.cursor is not None:
+            # A client this instance still holds gets no new welcome: it just polls on.
+            self.welcome_msg = {"resumed": True, "seq": self.cursor, "epoch": self.epoch,
+                                "resumeToken": self.token, "clientId": None}  # fmt: skip
+            return self.welcome_msg
+        return await super().welcome()
+
+
+TRANSPORTS = ["websocket", "sse", "poll"]
+
+
+@pytest.fixture(params=TRANSPORTS)
+def transport(request: pytest.FixtureRequest) -> str:
+    return str(request.param)

@@ -16,6 +16,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..protocol import sse
 from ..protocol.codecs import JSON, Codec
 from ..protocol.frames import OP_BINARY, OP_TEXT, frame
 from ..protocol.messages import stream
@@ -43,6 +44,13 @@ class Entry:
         data = self._encoded.get(codec.name)
         if data is None:
             data = self._encoded[codec.name] = codec.encode(self.message)
+        return data
+
+    def sse_event(self) -> bytes:
+        """The whole SSE event (``event:``, ``id: <seq>``, ``data: <json>``), built once."""
+        data = self._encoded.get("sse")
+        if data is None:
+            data = self._encoded["sse"] = sse.event(self.type, self.json, self.seq)
         return data
 
     def ws_frame(self, codec: Codec) -> bytes:

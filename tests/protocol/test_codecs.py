@@ -86,3 +86,65 @@ def test_frame_headers_follow_rfc6455(n, header):
 
 def test_binary_frame_opcode():
     assert frame(b"ab", OP_BINARY)[:2] == b"\x82\x02"
+
+
+def test_decode_batch_one_or_many():
+    from bridge.protocol.codecs import decode_batch
+
+    assert decode_batch(JSON, b'{"type":"vote"}') == [{"type": "vote"}]
+    assert decode_batch(JSON, '[{"type":"a"}, 3]') == [{"type": "a"}, 3]
+    assert decode_batch(MSGPACK, msgpack.packb([{"type": "a"}])) == [{"type": "a"}]
+    assert decode_batch(JSON, b"7") == BadMessage(
+        "the body must be a message or an array of messages"
+    )
+    assert decode_batch(JSON, b"\xff") == BadMessage("not valid UTF-8")
+    assert decode_batch(JSON, b"[") == BadMessage("not valid JSON")
+    assert decode_batch(MSGPACK, b"\xc1") == BadMessage("not valid msgpack")
+    assert decode_batch(MSGPACK, "text") == BadMessage("msgpack bodies must be binary")
+
+
+def test_encode_batch_joins_pre_encoded_messages():
+    import json
+
+    from bridge.protocol.codecs import encode_batch
+
+    items = [{"type": "welcome"}, {"type": "session", "seq": 4, "payload": {"a": [1]}}]
+    as_json = encode_batch(JSON, [JSON.encode(m) for m in items], 4)
+    assert json.loads(as_json) == {"messages": items, "cursor": 4}
+    as_msgpack = encode_batch(MSGPACK, [MSGPACK.encode(m) for m in items], 4)
+    assert msgpack.unpackb(as_msgpack) == {"messages": items, "cursor": 4}
+    assert json.loads(encode_batch(JSON, [], 0)) == {"messages": [], "cursor": 0}
+
+
+@pytest.mark.parametrize(
+    ("value", "codec"),
+    [
+        ("application/json; charset=utf-8", JSON),
+        ("*/*", JSON),
+        ("application/msgpack", MSGPACK),
+        ("application/x-msgpack", MSGPACK),
+        ("text/html", None),
+        ("", None),
+        (None, None),
+    ],
+)
+def test_codec_for_media_type(value, codec):
+    from bridge.protocol.codecs import codec_for_media_type
+
+    assert codec_for_media_type(value) is codec
+
+
+def test_sse_events():
+    from bridge.protocol.sse import event, retry
+
+    assert event("session", b'{"seq":3}', 3) == b'event: session\nid: 3\ndata: {"seq":3}\n\n'
+    assert event("ping", b"{}") == b"event: ping\ndata: {}\n\n"
+    assert retry(1500) == b"retry: 1500\n\n"
+
+
+@given(st.text(max_size=50))
+def test_json_data_is_always_one_sse_line(text):
+    from bridge.protocol.sse import event
+
+    out = event("session", JSON.encode({"v": text}), 1)
+    assert out.count(b"\n") == 4  # event, id, data, blank line: no newline inside the data

@@ -1,0 +1,107 @@
+"""HTTP plumbing shared by the SSE, poll and messages endpoints.
+
+Request bodies: aiohttp inflates ``Content-Encoding: gzip``/``deflate`` as it
+reads, a bounded chunk at a time; :func:`read_body` stops reading at
+``limits.max_message_bytes`` + 1 of *decoded* bytes, so a gzip bomb costs the
+bridge no more than the cap (plus one chunk) before it answers 413.
+
+Responses: JSON or msgpack by ``Accept``; gzip when ``Accept-Encoding``
+allows it and the body is at least ``codecs.gzip_min_bytes``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+
+from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+
+from ..config import Config
+from ..protocol.codecs import JSON, MSGPACK, Codec, codec_for_media_type
+
+#: Above this, gzip runs in a worker thread instead of the event loop.
+GZIP_IN_THREAD_BYTES = 256 * 1024
+
+
+def accept_codec(request: web.Request, cfg: Config) -> Codec | None:
+    """The response codec the client accepts (JSON when it does not say); None: 406."""
+    header = request.headers.get("Accept")
+    if not header:
+        return JSON
+    for part in header.split(","):
+        codec = codec_for_media_type(part)
+        if codec is MSGPACK and not cfg.codecs.msgpack:
+            continue
+        if codec is not None:
+            return codec
+    return None
+
+
+def body_codec(request: web.Request, cfg: Config) -> Codec | None:
+    """The codec of the request body by ``Content-Type`` (JSON when absent)."""
+    if not request.headers.get("Content-Type"):
+        return JSON
+    codec = codec_for_media_type(request.headers["Content-Type"])
+    if codec is MSGPACK and not cfg.codecs.msgpack:
+        return None
+    return codec
+
+
+def accepts_gzip(request: web.Request) -> bool:
+    for part in request.headers.get("Accept-Encoding", "").split(","):
+        name, _, params = part.strip().partition(";")
+        if name.strip().lower() in ("gzip", "*"):
+            q = params.strip()
+            return not (q.startswith("q=") and float(q[2:] or 0) == 0.0)
+    return False
+
+
+async def encoded_response(
+    request: web.Request, cfg: Config, body: bytes, codec: Codec, status: int = 200
+) -> web.Response:
+    headers = {
+        "Content-Type": codec.content_type,
+        "Cache-Control": "no-store",
+        "Vary": "Accept, Accept-Encoding",
+    }
+    if len(body) >= cfg.codecs.gzip_min_bytes and accepts_gzip(request):
+        if len(body) >= GZIP_IN_THREAD_BYTES:
+            loop = asyncio.get_running_loop()
+            body = await loop.run_in_executor(None, gzip.compress, body, 6)
+        else:
+            body = gzip.compress(body, 6)
+        headers["Content-Encoding"] = "gzip"
+    return web.Response(body=body, status=status, headers=headers)
+
+
+class BodyTooBig(Exception):
+    pass
+
+
+class BodyUnreadable(Exception):
+    pass
+
+
+async def read_body(request: web.Request, cap: int) -> bytes:
+    """The decoded body, at most ``cap`` bytes. Raises BodyTooBig / BodyUnreadable."""
+    if (
+        request.content_length is not None
+        and request.content_length > cap
+        and not (request.headers.get("Content-Encoding"))
+    ):
+        raise BodyTooBig()
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        while True:
+            chunk = await request.content.read(min(65536, cap + 1 - size))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > cap:
+                raise BodyTooBig()
+    except (HttpProcessingError, web.RequestPayloadError, ValueError) as exc:
+        raise BodyUnreadable(str(exc) or type(exc).__name__) from None
+    return b"".join(chunks)
