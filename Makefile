@@ -40,9 +40,11 @@ test: $(STAMP) system-deps
 
 bench: $(STAMP)
 	$(PY) bench/fanout.py
+	$(PY) bench/transports.py
 
 bench-smoke: $(STAMP)
 	$(PY) bench/fanout.py --smoke
+	$(PY) bench/transports.py --smoke
 
 schema: $(STAMP)
 	$(VENV)/bin/session-bridge schema --output config/bridge.schema.json

@@ -350,3 +350,15 @@ async def test_the_poller_stops_when_the_last_client_is_gone(stack: Stack):
     await asyncio.sleep(0.6)  # past the 1 s grace: one leave, then the session is dropped
     assert len(stack.commands("/leave")) == 1
     assert "s1" not in stack.bridge.sessions
+
+
+async def test_deflate_can_be_turned_off(make_stack):
+    stack = await make_stack({"codecs": {"websocket_deflate": False, "msgpack": False}})
+    ws = await stack.http.ws_connect(
+        stack.url("/api/websocket"), params={"sessionId": "s1", "userId": "u1"}, compress=15,
+        protocols=("bridge.v1.msgpack", "bridge.v1.json"),
+    )  # fmt: skip
+    assert ws.compress == 0, "not negotiated when the config turns it off"
+    assert ws.protocol == "bridge.v1.json", "msgpack is not offered when turned off"
+    assert (await ws.receive_json(timeout=5))["type"] == "welcome"
+    await ws.close()
