@@ -86,7 +86,7 @@ async def metrics(request: web.Request) -> web.Response:
 
 async def push(request: web.Request) -> web.Response:
     """The legacy app (or anything holding the secret) pushes a session's new state."""
-    cfg = request.app[CONFIG]
+    cfg = request.app[BRIDGE].cfg
     assert cfg.upstream.push is not None
     expected = f"Bearer {cfg.upstream.push.secret}".encode()
     given = request.headers.get("Authorization", "").encode()

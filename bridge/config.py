@@ -96,6 +96,16 @@ class Paths:
 
 
 @dataclass(frozen=True)
+class Transports:
+    """Which transports are served. A disabled one answers 404 (a WebSocket
+    upgrade included), so clients fall back to the next one."""
+
+    websocket: bool = True
+    sse: bool = True
+    poll: bool = True
+
+
+@dataclass(frozen=True)
 class Retry:
     attempts: Count = 3
     initial: Duration = 0.2
@@ -271,6 +281,7 @@ class Config:
     upstream: Upstream
     listen: Listen = field(default_factory=Listen)
     paths: Paths = field(default_factory=Paths)
+    transports: Transports = field(default_factory=Transports)
     heartbeat: Heartbeat = field(default_factory=Heartbeat)
     presence: Presence = field(default_factory=Presence)
     replay: Replay = field(default_factory=Replay)
@@ -535,6 +546,8 @@ def _check_semantics(cfg: Config, problems: list[str]) -> None:
         problems.append("upstream.retry.max: must be >= upstream.retry.initial")
     if cfg.upstream.push is not None and not cfg.upstream.push.secret:
         problems.append("upstream.push.secret: required when upstream.push is set")
+    if not any(dataclasses.asdict(cfg.transports).values()):
+        problems.append("transports: at least one of websocket, sse, poll must be enabled")
     if cfg.backplane.kind == "redis":
         problems.append("backplane.kind: 'redis' is not available in this version; use 'memory'")
 

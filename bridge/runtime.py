@@ -431,7 +431,7 @@ class Bridge:
                 "jitter": cfg.reconnect.jitter,
                 "upgrade_interval": cfg.reconnect.upgrade_interval,
             },
-            transports=TRANSPORTS,
+            transports=[t for t in TRANSPORTS if getattr(cfg.transports, t)],
         )
 
     def detach(self, conn: Connection, reason: str) -> None:

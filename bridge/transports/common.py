@@ -26,6 +26,14 @@ def json_error(
     )
 
 
+def transport_disabled(bridge: Bridge, transport: str) -> web.Response | None:
+    """A 404 when ``transports.<name>`` is off (clients then fall back)."""
+    if getattr(bridge.cfg.transports, transport):
+        return None
+    bridge.metrics.connections_rejected.labels(transport, "disabled").inc()
+    return json_error(404, "transport_disabled", f"the {transport} transport is turned off")
+
+
 def origin_allowed(cfg: Config, origin: str | None) -> bool:
     """Origin policy: see docs/configuration.md ("security").
 
@@ -87,7 +95,7 @@ async def admit(
     """Every check a new stream connection passes, the same for every transport:
     origin, connect parameters, draining, limits, resume token, upstream join."""
     bridge = request.app[BRIDGE]
-    cfg = request.app[CONFIG]
+    cfg = bridge.cfg
     admitted = await _admit(bridge, cfg, request, seq_param, last_seq_header)
     if isinstance(admitted, Refusal):
         bridge.metrics.connections_rejected.labels(transport, admitted.reason).inc()

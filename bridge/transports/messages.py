@@ -24,7 +24,7 @@ from ..exceptions import BadMessage, ProtocolError
 from ..protocol import tokens
 from ..protocol.codecs import Codec, decode_batch
 from ..protocol.types import RESERVED_PARAMS, Message
-from .common import BRIDGE, CONFIG, json_error, origin_allowed
+from .common import BRIDGE, json_error, origin_allowed
 from .http import BodyTooBig, BodyUnreadable, accept_codec, body_codec, encoded_response, read_body
 
 #: Messages per request; more is a 413 (the outbox sends in batches).
@@ -71,7 +71,7 @@ class Collector:
 
 async def messages_handler(request: web.Request) -> web.StreamResponse:
     bridge = request.app[BRIDGE]
-    cfg = request.app[CONFIG]
+    cfg = bridge.cfg
     if not origin_allowed(cfg, request.headers.get("Origin")):
         return json_error(403, "forbidden", "origin not allowed")
     reply_codec = accept_codec(request, cfg)

@@ -39,7 +39,7 @@ from ..core.replay import Entry, Resumed
 from ..protocol.codecs import JSON, Codec, encode_batch
 from ..protocol.types import Message
 from ..runtime import Bridge, Session, parse_connect
-from .common import BRIDGE, CONFIG, Refusal, admit, json_error, origin_allowed
+from .common import BRIDGE, Refusal, admit, json_error, origin_allowed, transport_disabled
 from .http import accept_codec, encoded_response
 
 #: Control messages (welcome, errors, reconnect) kept for a client between polls.
@@ -175,7 +175,9 @@ def _wait_seconds(raw: str | None, cap: float) -> float | None:
 async def poll_handler(request: web.Request) -> web.StreamResponse:
     """``GET paths.poll``: one batch of messages after ``cursor``."""
     bridge = request.app[BRIDGE]
-    cfg = request.app[CONFIG]
+    cfg = bridge.cfg
+    if (off := transport_disabled(bridge, "poll")) is not None:
+        return off
     codec = accept_codec(request, cfg)
     if codec is None:
         return json_error(406, "bad_request", "Accept application/json or application/msgpack")

@@ -29,7 +29,7 @@ from ..protocol import sse
 from ..protocol.codecs import JSON
 from ..protocol.types import Message
 from ..runtime import Bridge
-from .common import BRIDGE, Refusal, admit
+from .common import BRIDGE, Refusal, admit, transport_disabled
 
 log = logging.getLogger("bridge.transports.sse")
 
@@ -126,6 +126,8 @@ class SSEConnection:
 async def events_handler(request: web.Request) -> web.StreamResponse:
     """``GET paths.events``: an event stream; welcome first, then the session's stream."""
     bridge = request.app[BRIDGE]
+    if (off := transport_disabled(bridge, "sse")) is not None:
+        return off
     admitted = await admit(request, "sse", last_seq_header=request.headers.get("Last-Event-ID"))
     if isinstance(admitted, Refusal):
         return admitted.response(bridge.cfg.reconnect.initial)

@@ -24,7 +24,7 @@ from ..protocol.codecs import JSON, SUBPROTOCOLS, Codec
 from ..protocol.frames import OP_BINARY, OP_TEXT, frame
 from ..protocol.types import Message
 from ..runtime import Bridge
-from .common import BRIDGE, CONFIG, Refusal, admit, json_error
+from .common import BRIDGE, Refusal, admit, json_error, transport_disabled
 
 log = logging.getLogger("bridge.transports.websocket")
 
@@ -157,7 +157,9 @@ def _label_for(code: int) -> str:
 async def websocket_handler(request: web.Request) -> web.StreamResponse:
     """Admit (join upstream if needed), upgrade, welcome, then read until the client goes."""
     bridge = request.app[BRIDGE]
-    cfg = request.app[CONFIG]
+    cfg = bridge.cfg
+    if (off := transport_disabled(bridge, "websocket")) is not None:
+        return off
     protocols = [p for p, c in SUBPROTOCOLS.items() if c is JSON or cfg.codecs.msgpack]
     ws = web.WebSocketResponse(
         protocols=protocols,

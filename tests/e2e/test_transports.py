@@ -180,3 +180,18 @@ async def test_refusals_are_http_statuses_with_json_bodies(make_stack, transport
             assert (await r.json())["error"]["code"] == code
     c = await stack.connect("s", "fine", transport=transport)
     await c.wait_state(lambda s: True)
+
+
+async def test_a_turned_off_transport_answers_404_and_welcome_lists_the_others(make_stack):
+    stack = await make_stack({"transports": {"websocket": False, "sse": False}})
+    for path in ("/api/websocket", "/api/events"):
+        async with stack.http.get(stack.url(path), params={"sessionId": "s", "userId": "u"}) as r:
+            assert r.status == 404
+            assert (await r.json())["error"]["code"] == "transport_disabled"
+    c = await stack.connect("s", "u", transport="poll")
+    assert c.welcome_msg["transports"] == ["poll"]
+    # The bridge reads its transports at request time: turning one on takes effect at once.
+    bridge = stack.bridge
+    bridge.cfg = bridge.cfg.replace(transports=type(bridge.cfg.transports)(websocket=True))
+    ws = await stack.connect("s", "u2")
+    assert ws.welcome_msg["transports"] == ["websocket", "sse", "poll"]
