@@ -32,8 +32,9 @@ log = logging.getLogger("bridge.app")
 
 STATIC = Path(__file__).parent / "static"
 STATIC_FILES = {
-    "/bridge/client.js": ("bridge-client.js", "text/javascript"),
-    "/bridge/client.d.ts": ("bridge-client.d.ts", "application/typescript"),
+    "/bridge/client.js": ("client.js", "text/javascript"),
+    "/bridge/use-connection-manager.js": ("use-connection-manager.js", "text/javascript"),
+    "/bridge/client.d.ts": ("client.d.ts", "application/typescript"),
 }
 PUSH_MAX_BYTES = 8 * 1024 * 1024
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import WSMsgType
+from aiohttp import WSMsgType, web
 from aiohttp.test_utils import TestServer
 
 from bridge.app import make_app
@@ -37,6 +37,7 @@ class Stack:
     def __init__(self, backend_server: TestServer, bridge_server: TestServer, cfg: Config):
         self.backend_server = backend_server
         self.bridge_server = bridge_server
+        self.bridge_port = bridge_server.port
         self.cfg = cfg
         self.http = aiohttp.ClientSession()
         self.clients: list[WSClient] = []
@@ -48,6 +49,18 @@ class Stack:
     @property
     def bridge(self):
         return self.bridge_server.app[BRIDGE]
+
+    async def stop_bridge(self) -> None:
+        """Stop the bridge: its sessions, logs and de-dupe windows are lost."""
+        await self.bridge_server.close()
+
+    async def restart_bridge(self, down: float = 0.0) -> None:
+        """Stop the bridge (if running) and start a new one on the same port
+        with the same configuration, as after a crash or a deploy."""
+        if self.bridge_server.port is not None:
+            await self.stop_bridge()
+        await asyncio.sleep(down)
+        self.bridge_server = await self.server_factory(self.rebuild(), port=self.bridge_port)
 
     def url(self, path: str) -> str:
         return str(self.bridge_server.make_url(path))
@@ -223,15 +236,24 @@ async def make_stack(aiohttp_server):
         overrides: dict[str, Any] | None = None,
         backend_expiry: float = 30.0,
         demo_page: bool = False,
+        pages: dict[str, str] | None = None,
     ) -> Stack:
         backend_server = await aiohttp_server(make_backend_app(backend_expiry))
         data = deep_merge(FAST, {"upstream": {"url": str(backend_server.make_url(""))}})
         cfg = config_from_dict(deep_merge(data, overrides or {}))
-        app = make_app(cfg)
-        if demo_page:
-            add_demo_page(app)
-        bridge_server = await aiohttp_server(app)
+
+        def build() -> web.Application:
+            app = make_app(cfg)
+            if demo_page:
+                add_demo_page(app)
+            for path, html in (pages or {}).items():
+                app.router.add_get(path, _page(html))
+            return app
+
+        bridge_server = await aiohttp_server(build())
         stack = Stack(backend_server, bridge_server, cfg)
+        stack.rebuild = build
+        stack.server_factory = aiohttp_server
         stacks.append(stack)
         return stack
 
@@ -408,3 +430,10 @@ TRANSPORTS = ["websocket", "sse", "poll"]
 @pytest.fixture(params=TRANSPORTS)
 def transport(request: pytest.FixtureRequest) -> str:
     return str(request.param)
+
+
+def _page(html: str) -> Any:
+    async def handler(request: web.Request) -> web.Response:
+        return web.Response(text=html, content_type="text/html")
+
+    return handler

@@ -9,6 +9,9 @@ export interface ConnectionManagerOptions {
   paths?: { websocket?: string; events?: string; poll?: string; messages?: string };
   transports?: TransportName[];
   debug?: boolean;
+  /** the seed's spelling: ws://host/api/websocket (baseUrl is derived from it) */
+  websocketUrl?: string;
+  pollWaitSeconds?: number;
   outboxLimit?: number;
   outboxTtlMs?: number;
   openTimeoutMs?: number;
@@ -27,7 +30,12 @@ export interface ConnectionState {
 
 export interface Ack { type: "ack"; id: string; status: "ok" | "error"; error?: { code: string; message: string } }
 
-export class BridgeError extends Error { code: string; constructor(code: string, message: string) }
+export class BridgeError extends Error {
+  code: string;
+  fatal: boolean;
+  status: number | null;
+  constructor(code: string, message: string, options?: { fatal?: boolean; status?: number | null });
+}
 
 export function backoffDelay(
   attempt: number,
@@ -39,8 +47,8 @@ export class ConnectionManager {
   constructor(options: ConnectionManagerOptions);
   onSessionUpdate(fn: (state: unknown, seq: number) => void): this;
   onPresence(fn: (online: string[], seq: number) => void): this;
-  onConnect(fn: (info: { resumed: boolean; epoch: string }) => void): this;
-  onDisconnect(fn: (reason: { code: number; reason: string }) => void): this;
+  onConnect(fn: (info: { resumed: boolean; epoch: string; transport: TransportName }) => void): this;
+  onDisconnect(fn: (reason: { code: number | null; reason: string; transport: TransportName }) => void): this;
   onError(fn: (err: BridgeError) => void): this;
   onTransportChange(fn: (type: TransportName) => void): this;
   connect(): Promise<ConnectionState>;
@@ -52,3 +60,23 @@ export class ConnectionManager {
   close(): void;
 }
 export default ConnectionManager;
+
+// /bridge/use-connection-manager.js
+export interface UseConnectionManagerOptions extends ConnectionManagerOptions {
+  onSessionUpdate?: (state: unknown, seq: number) => void;
+  onPresence?: (online: string[], seq: number) => void;
+  onConnect?: (info: { resumed: boolean; epoch: string; transport: TransportName }) => void;
+  onDisconnect?: (reason: { code: number | null; reason: string; transport: TransportName }) => void;
+  onError?: (err: BridgeError) => void;
+  onTransportChange?: (type: TransportName) => void;
+}
+export interface UseConnectionManagerResult extends ConnectionState {
+  state: unknown;
+  presence: string[];
+  error: BridgeError | null;
+  send(type: string, payload?: Record<string, unknown>): Promise<Ack>;
+  sendVote(vote: string | number): Promise<Ack>;
+  sendReveal(): Promise<Ack>;
+  sendReset(): Promise<Ack>;
+}
+export function useConnectionManager(options: UseConnectionManagerOptions): UseConnectionManagerResult;

@@ -1,0 +1,150 @@
+"""The shipped browser client (/bridge/client.js) in real Chromium: fallback,
+return to WebSocket, the outbox across a bridge restart, and backoff."""
+
+from __future__ import annotations
+
+import asyncio
+
+from playwright.async_api import Page
+
+from tests.conftest import Stack
+
+PAGE = """<!doctype html><meta charset="utf-8"><title>client test</title>
+<script type="module">
+import { ConnectionManager } from "/bridge/client.js";
+const q = new URLSearchParams(location.search);
+const m = new ConnectionManager({ sessionId: q.get("s"), userId: q.get("u"), debug: true });
+window.log = { states: [], seqs: [], transports: [], connects: [], disconnects: [], errors: [] };
+m.onSessionUpdate((st, seq) => { log.states.push(st); log.seqs.push(seq); });
+m.onPresence((online, seq) => log.seqs.push(seq));
+m.onTransportChange((t) => log.transports.push(t));
+m.onConnect((i) => log.connects.push(i));
+m.onDisconnect((r) => log.disconnects.push(r));
+m.onError((e) => log.errors.push(e.code));
+window.mgr = m;
+m.connect();
+</script>"""
+
+FAST_RECONNECT = {
+    "reconnect": {"initial": "200ms", "max": "1500ms", "factor": 2, "jitter": 0.5,
+                  "upgrade_interval": "1500ms"},
+    "presence": {"grace": "30s"},
+}  # fmt: skip
+
+
+async def open_page(browser, stack: Stack, session: str, user: str) -> Page:
+    page = await (await browser.new_context()).new_page()
+    page.on("pageerror", lambda exc: print("page error:", exc))
+    await page.goto(stack.url(f"/t?s={session}&u={user}"))
+    return page
+
+
+async def wait_js(page: Page, expression: str, timeout: float = 10.0) -> None:
+    # polling by interval: requestAnimationFrame (the default) may not run in a
+    # headless page that is not in front
+    await page.wait_for_function(expression, timeout=timeout * 1000, polling=100)
+
+
+def contiguous(seqs: list[int]) -> bool:
+    """Strictly increasing, and no gaps except where a reset starts over."""
+    return all(b == a + 1 for a, b in zip(seqs, seqs[1:], strict=False))
+
+
+async def push(stack: Stack, session: str, state: dict) -> None:
+    async with stack.http.post(
+        stack.url("/bridge/push"), json={"sessionId": session, "state": state},
+        headers={"Authorization": "Bearer push-secret"},
+    ) as r:  # fmt: skip
+        assert r.status == 202
+
+
+async def test_fallback_to_sse_then_poll_and_back_to_websocket(make_stack, browser):
+    stack = await make_stack(
+        {**FAST_RECONNECT, "transports": {"websocket": False}}, pages={"/t": PAGE}
+    )
+    on_sse = await open_page(browser, stack, "fb", "a")
+    await wait_js(on_sse, "window.mgr && window.mgr.getState().connectionType === 'sse'")
+    cfg = stack.bridge.cfg
+    stack.bridge.cfg = cfg.replace(transports=type(cfg.transports)(websocket=False, sse=False))
+    on_poll = await open_page(browser, stack, "fb", "b")
+    await wait_js(on_poll, "window.mgr && window.mgr.getState().connectionType === 'poll'")
+    for i in range(5):
+        await push(stack, "fb", {"i": i})
+        await asyncio.sleep(0.1)
+    stack.bridge.cfg = cfg.replace(transports=type(cfg.transports)())
+    for page in (on_sse, on_poll):
+        await wait_js(page, "window.mgr.getState().connectionType === 'websocket'", timeout=6)
+    for i in range(5, 10):
+        await push(stack, "fb", {"i": i})
+    for page in (on_sse, on_poll):
+        await wait_js(page, "log.states.length && log.states.at(-1).i === 9")
+        seqs = await page.evaluate("log.seqs")
+        assert contiguous(seqs), seqs
+        states = [s["i"] for s in await page.evaluate("log.states") if "i" in s]
+        assert states == sorted(set(states)), states
+        transports = await page.evaluate("log.transports")
+        assert transports[-1] == "websocket" and transports[0] in ("sse", "poll")
+    # the fallbacks were closed after the switch: one connection per page remains
+    conns = stack.bridge.sessions["fb"].conns.values()
+    assert sorted(c.transport for c in conns) == ["websocket", "websocket"]
+
+
+async def test_votes_queued_while_the_bridge_is_down_are_delivered_once(make_stack, browser):
+    stack = await make_stack(FAST_RECONNECT, pages={"/t": PAGE})
+    page = await open_page(browser, stack, "cut", "voter")
+    await wait_js(page, "window.mgr && window.mgr.getState().isConnected")
+    await wait_js(page, "log.states.length > 0")
+    await stack.stop_bridge()  # the bridge is gone
+    await wait_js(page, "!window.mgr.getState().isConnected")
+    await page.evaluate(
+        "() => { window.acks = []; for (const v of ['1','2','3']) "
+        "mgr.sendVote(v).then((a) => acks.push(a.status), (e) => acks.push('err:' + e.code)); }"
+    )
+    assert (await page.evaluate("mgr.getState().queued")) == 3
+    await asyncio.sleep(2.5)  # several reconnect attempts fail meanwhile
+    assert (await page.evaluate("mgr.getState().queued")) == 3
+    await stack.restart_bridge()
+    await wait_js(page, "window.acks.length === 3", timeout=15)
+    assert await page.evaluate("window.acks") == ["ok", "ok", "ok"]
+    assert (await page.evaluate("mgr.getState().queued")) == 0
+    votes = [c["body"]["vote"] for c in stack.commands("/votes/voter")]
+    assert votes == ["1", "2", "3"], "each vote reached the backend once, in order"
+    # The delays between attempts followed the advertised backoff (initial 200 ms,
+    # factor 2, max 1.5 s, jitter 0.5): each within [(1 - jitter) * d, d].
+    delays = await page.evaluate("mgr.delays")
+    assert len(delays) >= 3, delays
+    for n, delay in enumerate(delays, start=1):
+        bound = min(1500, 200 * 2 ** (n - 1))
+        assert 0.5 * bound - 1 <= delay <= bound + 1, (n, delay, delays)
+    await wait_js(page, "window.mgr.getState().connectionType === 'websocket'")
+
+
+async def test_pages_converge_after_a_bridge_restart(make_stack, browser):
+    stack = await make_stack(FAST_RECONNECT, demo_page=True, pages={"/t": PAGE})
+    pages = [await open_page(browser, stack, "conv", u) for u in ("p1", "p2", "p3")]
+    for page in pages:
+        await wait_js(page, "window.mgr && window.mgr.getState().isConnected")
+    await pages[0].evaluate("() => { mgr.sendVote('8'); }")
+    epoch = await pages[0].evaluate("mgr.epoch")
+    await stack.restart_bridge(down=0.5)
+    await pages[1].evaluate("() => { mgr.sendVote('5'); }")  # queued or sent, it lands once
+    for page in pages:
+        await wait_js(page, f"mgr.getState().isConnected && mgr.epoch !== '{epoch}'", timeout=15)
+    final = None
+    for _ in range(50):
+        final = await stack.state("conv")
+        if sum(1 for u in final["users"] if u.get("voted")) == 2:
+            break
+        await asyncio.sleep(0.1)
+    for page in pages:
+        await page.wait_for_function(
+            "(want) => JSON.stringify(mgr.state) === want",
+            arg=_canonical(final), timeout=10_000, polling=100,
+        )  # fmt: skip
+    assert len(stack.commands("/votes/p2")) == 1
+
+
+def _canonical(state: dict) -> str:
+    import json
+
+    return json.dumps(state, separators=(",", ":"))
