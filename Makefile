@@ -17,12 +17,15 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-# Debian packages the tests use: chromium for the browser tests (driven by
-# Playwright for Python; never `playwright install`).
+# What the tests need from Debian: chromium for the browser tests (driven by
+# Playwright for Python; never `playwright install`), and npm to fetch React
+# for the hook's test (skipped when node and npm are already there).
 SYSTEM_PACKAGES := chromium
 system-deps:
 	@missing=""; for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	command -v npm >/dev/null 2>&1 || missing="$$missing nodejs npm"; \
 	if [ -n "$$missing" ]; then echo "installing:$$missing"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; fi
+	cd tests/browser/react_app && { [ -d node_modules/react ] || npm ci --no-audit --no-fund --loglevel=error; }
 
 demo: $(STAMP)
 	$(VENV)/bin/session-bridge demo

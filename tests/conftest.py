@@ -432,8 +432,9 @@ def transport(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
-def _page(html: str) -> Any:
+def _page(text: str) -> Any:
     async def handler(request: web.Request) -> web.Response:
-        return web.Response(text=html, content_type="text/html")
+        ctype = "text/javascript" if request.path.endswith(".js") else "text/html"
+        return web.Response(text=text, content_type=ctype)
 
     return handler
