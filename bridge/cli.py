@@ -33,6 +33,22 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--host", default="127.0.0.1")
     demo.add_argument("--port", type=int, default=8080, help="bridge port (default 8080)")
     demo.add_argument("--backend-port", type=int, default=0, help="legacy app port (default: any)")
+    client = sub.add_parser(
+        "client",
+        help="watch a session's stream and send commands by hand (for debugging a deployment)",
+        description="Prints every message the bridge sends as one JSON line on stdout. "
+        "Reads commands from stdin, one a line: 'vote 5', 'reveal', 'reset', 'leave', or a "
+        'JSON message like {"type": "vote", "payload": {"vote": "8"}}. Ends at end of input.',
+    )
+    client.add_argument("url", help="the bridge's base URL, e.g. http://127.0.0.1:8080")
+    client.add_argument("--session", "-s", required=True, help="sessionId")
+    client.add_argument("--user", "-u", required=True, help="userId")
+    client.add_argument("--name", help="display name (the 'name' connect parameter)")
+    client.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                        help="another connect parameter (repeatable)")  # fmt: skip
+    client.add_argument("--transports", default="websocket,sse,poll",
+                        help="fallback order (default websocket,sse,poll)")  # fmt: skip
+    client.add_argument("--codec", choices=("json", "msgpack"), default="json")
     check = sub.add_parser("check-config", help="validate a YAML config; exit 1 with the problems")
     check.add_argument("file")
     schema = sub.add_parser("schema", help="print the JSON Schema of the config file")
@@ -147,6 +163,89 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def parse_command_line(line: str) -> tuple[str, dict[str, object]] | None:
+    """``vote 5`` → ("vote", {"vote": "5"}); a JSON map → its type and payload."""
+    line = line.strip()
+    if not line:
+        return None
+    if line.startswith("{"):
+        data = json.loads(line)
+        if not isinstance(data, dict) or not isinstance(data.get("type"), str):
+            raise ValueError("a JSON command needs a 'type'")
+        payload = data.get("payload") or {k: v for k, v in data.items() if k != "type"}
+        return data["type"], dict(payload)
+    word, _, rest = line.partition(" ")
+    if word == "vote":
+        if not rest.strip():
+            raise ValueError("usage: vote VALUE")
+        return "vote", {"vote": rest.strip()}
+    return word, {}
+
+
+async def _client(args: argparse.Namespace) -> int:
+    from .client import BridgeClient, ClientError
+
+    params = dict(p.split("=", 1) for p in args.param if "=" in p)
+    if args.name:
+        params["name"] = args.name
+    client = BridgeClient(
+        args.url, args.session, args.user, params=params, codec=args.codec,
+        transports=[t.strip() for t in args.transports.split(",") if t.strip()],
+    )  # fmt: skip
+    loop = asyncio.get_running_loop()
+
+    def show(obj: object) -> None:
+        sys.stdout.write(json.dumps(obj, ensure_ascii=False) + "\n")
+        sys.stdout.flush()
+
+    client.on_session = lambda state, seq: show({"type": "session", "seq": seq, "payload": state})
+    client.on_presence = lambda online, seq: show(
+        {"type": "presence", "seq": seq, "payload": {"online": online}}
+    )
+    client.on_transport = lambda kind: print(f"# transport: {kind}", file=sys.stderr, flush=True)
+    client.on_disconnect = lambda err: print(f"# disconnected: {err}", file=sys.stderr, flush=True)
+    client.on_error = lambda err: print(f"# error: {err}", file=sys.stderr, flush=True)
+    try:
+        await client.connect()
+    except ClientError as exc:
+        print(f"session-bridge client: {exc}", file=sys.stderr)
+        await client.close()
+        return 1
+    print(f"# connected as client {client.client_id}", file=sys.stderr, flush=True)
+    pending: set[asyncio.Task[None]] = set()
+
+    async def run(type_: str, payload: dict[str, object]) -> None:
+        try:
+            show(await client.send(type_, payload))
+        except ClientError as exc:
+            error = {"code": exc.code, "message": exc.message}
+            show({"type": "ack", "status": "error", "error": error})
+
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    while line := (await reader.readline()).decode():
+        try:
+            command = parse_command_line(line)
+        except ValueError as exc:
+            print(f"# {exc}", file=sys.stderr, flush=True)
+            continue
+        if command is not None:
+            task = asyncio.create_task(run(*command))
+            pending.add(task)
+            task.add_done_callback(pending.discard)
+    if pending:
+        await asyncio.wait(pending, timeout=30)
+    await client.close()
+    return 0
+
+
+def cmd_client(args: argparse.Namespace) -> int:
+    try:
+        return asyncio.run(_client(args))
+    except KeyboardInterrupt:
+        return 0
+
+
 def cmd_check_config(args: argparse.Namespace) -> int:
     try:
         cfg = load_config(args.file)
@@ -171,6 +270,7 @@ def main(argv: list[str] | None = None) -> int:
     handlers = {
         "run": cmd_run,
         "demo": cmd_demo,
+        "client": cmd_client,
         "check-config": cmd_check_config,
         "schema": cmd_schema,
     }

@@ -250,6 +250,10 @@ class PollTransport extends HttpSender {
     for (const msg of this._pending || []) if (!this.closed) mgr._receive(msg, this);
     this._pending = null;
     while (!this.closed) {
+      // No new poll while a WebSocket upgrade is being opened: a poll reaching the
+      // bridge after the WebSocket would replace it again.
+      if (mgr._upgradeGate) await mgr._upgradeGate;
+      if (this.closed) return;
       try {
         const messages = await this._poll(false);
         mgr.lastReceived = Date.now();
@@ -440,6 +444,8 @@ export class ConnectionManager {
   async _tryUpgrade() {
     if (this.closed || !this.active || this.active.kind === "websocket") return;
     const t = new WebSocketTransport(this);
+    let release;
+    this._upgradeGate = new Promise((resolve) => { release = resolve; });
     try {
       const welcome = await t.start();
       if (this.closed || !this.active) { t.close(); return; }
@@ -451,6 +457,9 @@ export class ConnectionManager {
       if (this.active && this.active.kind !== "websocket") {
         this.timers.upgrade = setTimeout(() => this._tryUpgrade(), this.reconnectCfg.upgrade_interval_ms);
       }
+    } finally {
+      this._upgradeGate = null;
+      release();
     }
   }
 

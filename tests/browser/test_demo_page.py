@@ -56,3 +56,26 @@ async def test_the_page_resumes_after_the_socket_drops(make_stack, browser):
     assert state["reconnectAttempts"] >= 1
     assert await page.evaluate("window.pokerManager().clientId") == client_id
     assert stack.commands("/leave") == []
+
+
+async def test_a_screenshot_of_the_demo_page_for_people(make_stack, browser):
+    """Writes tests/artifacts/demo.png (ignored by git) for a person to look at."""
+    from pathlib import Path
+
+    stack = await make_stack(demo_page=True)
+    pages = []
+    for name, card in (("Ada", "5"), ("Brian", "8"), ("Chen", "13")):
+        page = await (await browser.new_context(viewport={"width": 900, "height": 600})).new_page()
+        await join(page, stack.url("/"), name)
+        pages.append((page, card))
+    for page, card in pages:
+        await expect(page.locator("#users tr")).to_have_count(3, timeout=10_000)
+        await page.click(f"#cards button:text-is('{card}')")
+    await pages[0][0].click("#reveal")
+    shot = pages[0][0]
+    await expect(shot.locator("#round")).to_contain_text("revealed", timeout=10_000)
+    await expect(shot.locator("#users")).to_contain_text("13")
+    out = Path(__file__).resolve().parents[1] / "artifacts" / "demo.png"
+    out.parent.mkdir(exist_ok=True)
+    await shot.screenshot(path=str(out), full_page=True)
+    assert out.stat().st_size > 10_000
