@@ -34,10 +34,12 @@ async def until(predicate, timeout: float = 10.0) -> None:
         await asyncio.sleep(0.02)
 
 
-@pytest.mark.parametrize("codec", ["json", "msgpack"])
+@pytest.mark.parametrize(
+    ("transport", "codec"),
+    [("websocket", "json"), ("websocket", "msgpack"), ("sse", "json"), ("poll", "json"),
+     ("poll", "msgpack")],  # SSE is JSON only
+)  # fmt: skip
 async def test_commands_and_state_over_each_transport(stack: Stack, transport, codec):
-    if transport == "sse" and codec == "msgpack":
-        pytest.skip("SSE is JSON only")
     c = client(stack, "u1", transports=[transport], codec=codec, params={"name": "Py"})
     seen: list[int] = []
     c.on_session = lambda state, seq: seen.append(seq)
