@@ -13,7 +13,8 @@ PAGE = """<!doctype html><meta charset="utf-8"><title>client test</title>
 <script type="module">
 import { ConnectionManager } from "/bridge/client.js";
 const q = new URLSearchParams(location.search);
-const m = new ConnectionManager({ sessionId: q.get("s"), userId: q.get("u"), debug: true });
+const m = new ConnectionManager({ sessionId: q.get("s"), userId: q.get("u"), debug: true,
+  outboxLimit: Number(q.get("limit") || 500) });
 window.log = { states: [], seqs: [], transports: [], connects: [], disconnects: [], errors: [] };
 m.onSessionUpdate((st, seq) => { log.states.push(st); log.seqs.push(seq); });
 m.onPresence((online, seq) => log.seqs.push(seq));
@@ -32,10 +33,10 @@ FAST_RECONNECT = {
 }  # fmt: skip
 
 
-async def open_page(browser, stack: Stack, session: str, user: str) -> Page:
+async def open_page(browser, stack: Stack, session: str, user: str, extra: str = "") -> Page:
     page = await (await browser.new_context()).new_page()
     page.on("pageerror", lambda exc: print("page error:", exc))
-    await page.goto(stack.url(f"/t?s={session}&u={user}"))
+    await page.goto(stack.url(f"/t?s={session}&u={user}{extra}"))
     return page
 
 
@@ -148,3 +149,28 @@ def _canonical(state: dict) -> str:
     import json
 
     return json.dumps(state, separators=(",", ":"))
+
+
+async def test_the_online_event_retries_at_once_and_the_outbox_reports_overflow(
+    make_stack, browser
+):
+    slow = {**FAST_RECONNECT, "reconnect": {"initial": "20s", "max": "30s", "jitter": 0.1}}
+    stack = await make_stack(slow, pages={"/t": PAGE})
+    page = await open_page(browser, stack, "on", "u1", "&limit=2")
+    await wait_js(page, "window.mgr && window.mgr.getState().isConnected")
+    await stack.stop_bridge()
+    await wait_js(page, "!mgr.getState().isConnected")
+    await page.evaluate(
+        "() => { window.results = []; for (const v of ['1', '2', '3']) mgr.sendVote(v)"
+        ".then((a) => results.push(v + ':' + a.status), (e) => results.push(v + ':' + e.code)); }"
+    )
+    await wait_js(page, "results.includes('1:outbox_overflow')")
+    assert "outbox_overflow" in await page.evaluate("log.errors")
+    assert await page.evaluate("mgr.getState().queued") == 2
+    await stack.restart_bridge()
+    # The backoff now waits about 20 s; the browser coming back online retries at once.
+    await page.evaluate("() => window.dispatchEvent(new Event('online'))")
+    await wait_js(page, "mgr.getState().isConnected", timeout=5)
+    await wait_js(page, "results.length === 3", timeout=5)
+    assert sorted(await page.evaluate("results")) == ["1:outbox_overflow", "2:ok", "3:ok"]
+    assert [c["body"]["vote"] for c in stack.commands("/votes/u1")] == ["2", "3"]
