@@ -6,18 +6,22 @@ stop in ``cleanup_ctx``; live sockets close in ``on_shutdown``.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
+import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from .config import Config
+from .config import Config, load_config
+from .exceptions import ConfigError
 from .metrics import Metrics
 from .protocol.types import valid_id
 from .runtime import Bridge
@@ -47,18 +51,60 @@ async def _runtime_ctx(app: web.Application) -> AsyncIterator[None]:
         bridge = Bridge(cfg, upstream, app[METRICS])
         app[BRIDGE] = bridge
         bridge.start()
+        source = app.get(RELOAD)
+        loop = asyncio.get_running_loop()
+        if source is not None:
+            loop.add_signal_handler(signal.SIGHUP, reload_config, app)
         try:
             yield
         finally:
+            if source is not None:
+                loop.remove_signal_handler(signal.SIGHUP)
             await bridge.stop()
+
+
+def reload_config(app: web.Application) -> bool:
+    """SIGHUP: read the config file again. A bad file keeps the running
+    configuration (and says why in the log); returns whether it was applied."""
+    source = app[RELOAD]
+    try:
+        cfg = source.load()
+    except ConfigError as exc:
+        log.error(
+            "reload of %s refused, the running configuration stays: %s",
+            source.path, "; ".join(exc.problems),
+        )  # fmt: skip
+        return False
+    needs_restart = app[BRIDGE].reload(cfg)
+    log.info("configuration reloaded from %s", source.path)
+    if needs_restart:
+        log.warning("changed, but only applied after a restart: %s", ", ".join(needs_restart))
+    return True
+
+
+@dataclass(frozen=True)
+class ReloadSource:
+    """Where SIGHUP reads the configuration from (and command-line overrides to keep)."""
+
+    path: str
+    transform: Callable[[Config], Config] = lambda cfg: cfg
+
+    def load(self) -> Config:
+        return self.transform(load_config(self.path))
+
+
+RELOAD: web.AppKey[ReloadSource] = web.AppKey("reload", ReloadSource)
 
 
 async def _on_shutdown(app: web.Application) -> None:
     bridge = app.get(BRIDGE)
-    if bridge is not None:
-        # Without a drain, clients are told "going away" and reconnect with backoff.
-        timeout = min(5.0, app[CONFIG].shutdown.timeout)
-        await bridge.close_all(1001, "server shutting down", timeout)
+    if bridge is None:
+        return
+    timeout = bridge.cfg.shutdown.timeout
+    if timeout > 0:
+        await bridge.drain(timeout)
+    else:  # no drain: clients are told "going away" and reconnect with backoff
+        await bridge.close_all(1001, "server shutting down", 2.0)
 
 
 async def health(request: web.Request) -> web.Response:
@@ -130,10 +176,20 @@ def _static_handler(
     return handler
 
 
-def make_app(cfg: Config, *, registry_metrics: Metrics | None = None) -> web.Application:
-    """Build the application. Nothing starts until it runs (cleanup_ctx)."""
+def make_app(
+    cfg: Config,
+    *,
+    registry_metrics: Metrics | None = None,
+    reload_from: ReloadSource | None = None,
+) -> web.Application:
+    """Build the application. Nothing starts until it runs (cleanup_ctx).
+
+    With ``reload_from``, SIGHUP re-reads that file (see :func:`reload_config`).
+    """
     app = web.Application(client_max_size=max(cfg.limits.max_message_bytes, 1024 * 1024))
     app[CONFIG] = cfg
+    if reload_from is not None:
+        app[RELOAD] = reload_from
     app[METRICS] = registry_metrics or Metrics()
     app.cleanup_ctx.append(_runtime_ctx)
     app.on_shutdown.append(_on_shutdown)

@@ -83,29 +83,54 @@ def _raise_open_files(wanted: int) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .app import make_app
+    from .app import ReloadSource, make_app
     from .logsetup import setup_logging
 
+    def overrides(cfg: Config) -> Config:
+        return _override(cfg, args.host, args.port, args.debug)
+
     try:
-        cfg = _override(load_config(args.config), args.host, args.port, args.debug)
+        cfg = overrides(load_config(args.config))
     except ConfigError as exc:
         print(f"session-bridge: {args.config}: {exc}", file=sys.stderr)
         return 1
     setup_logging(cfg.logging)
     _raise_open_files(cfg.limits.max_connections)
-    web.run_app(
-        make_app(cfg),
-        host=cfg.listen.host,
-        port=cfg.listen.port,
-        shutdown_timeout=cfg.shutdown.timeout,
-        print=lambda _: print(
+    app = make_app(cfg, reload_from=ReloadSource(args.config, overrides))
+    try:
+        asyncio.run(serve(app, cfg))
+    except OSError as exc:
+        print(f"session-bridge: cannot listen on {cfg.listen.host}:{cfg.listen.port}: {exc}",
+              file=sys.stderr)  # fmt: skip
+        return 1
+    return 0
+
+
+async def serve(app: web.Application, cfg: Config) -> None:
+    """Run until SIGTERM/SIGINT; then drain while still listening (so /readyz
+    says 503 and clients are told where to go), and only then stop."""
+    import signal
+
+    from .transports.common import BRIDGE
+
+    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=2.0)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, cfg.listen.host, cfg.listen.port).start()
+        print(
             f"session-bridge listening on http://{cfg.listen.host}:{cfg.listen.port}"
             f" → upstream {cfg.upstream.url}",
             flush=True,
-        ),
-        access_log=None,
-    )
-    return 0
+        )
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        if cfg.shutdown.timeout > 0:
+            await app[BRIDGE].drain(app[BRIDGE].cfg.shutdown.timeout)
+    finally:
+        await runner.cleanup()
 
 
 async def _demo(host: str, port: int, backend_port: int) -> None:

@@ -203,7 +203,15 @@ class Bridge:
         self._waiter: asyncio.Future[None] | None = None
         self._sleep_until: float | None = None
         self._ticker: asyncio.Task[None] | None = None
-        self._hub_settings = HubSettings(
+        self._hub_settings = self._settings_for(cfg)
+        self._command_names = frozenset(cfg.upstream.commands)
+        self._pongs_in = metrics.messages.labels("in", "pong", "json")
+        self.closing = False
+        self.drained = False
+
+    @staticmethod
+    def _settings_for(cfg: Config) -> HubSettings:
+        return HubSettings(
             max_messages=cfg.replay.max_messages,
             max_bytes=cfg.replay.max_bytes,
             max_age=cfg.replay.max_age,
@@ -211,13 +219,47 @@ class Bridge:
             keepalive=cfg.upstream.keepalive.every if cfg.upstream.keepalive else None,
             dedupe_window=cfg.dedupe.window,
         )
-        self._command_names = frozenset(cfg.upstream.commands)
-        self._pongs_in = metrics.messages.labels("in", "pong", "json")
-        self.closing = False
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
         self._ticker = asyncio.get_running_loop().create_task(self._tick_loop())
+
+    async def drain(self, timeout: float) -> None:
+        """Graceful stop (SIGTERM): unready at once, every client told to reconnect
+        (to any instance) after a jittered delay and closed with 1012, commands
+        already upstream finished, all within ``timeout``."""
+        if self.drained:
+            return
+        self.drained = True
+        self.closing = True
+        started = time.monotonic()
+        retry_after = max(0.5, min(2.0, timeout / 4))
+        notice = m.reconnect(retry_after, "draining")
+        conns = list(self.connections.values())
+        log.info("draining %d connections (retry_after %.1fs)", len(conns), retry_after)
+        for conn in conns:
+            conn.send(notice)
+            conn.close(1012, "server restarting", "drain")
+        deadline = started + timeout
+        while time.monotonic() < deadline and (
+            self.connections or any(s.inflight for s in self.sessions.values())
+        ):
+            await asyncio.sleep(0.02)
+        log.info(
+            "drained in %.2fs; %d connections left", time.monotonic() - started,
+            len(self.connections),
+        )  # fmt: skip
+
+    def reload(self, cfg: Config) -> list[str]:
+        """Apply a new configuration to what can change while running; returns the
+        keys that only take effect after a restart (listen, paths, backplane)."""
+        fixed = ("listen", "paths", "backplane")
+        needs_restart = [key for key in fixed if getattr(cfg, key) != getattr(self.cfg, key)]
+        self.cfg = cfg
+        self.upstream.reconfigure(cfg.upstream)
+        self._hub_settings = self._settings_for(cfg)
+        self._command_names = frozenset(cfg.upstream.commands)
+        return needs_restart
 
     async def close_all(self, code: int, reason: str, timeout: float) -> None:
         """Close every connection and wait (up to ``timeout``) for their handlers to end."""

@@ -69,7 +69,7 @@ async def test_run_with_a_config_file_and_port_override(
                 reader = asyncio.create_task(read_to_close())
                 await asyncio.sleep(0.2)
                 proc.send_signal(signal.SIGTERM)
-                assert await reader == 1001, "SIGTERM tells clients the server is going away"
+                assert await reader == 1012, "SIGTERM drains: clients reconnect elsewhere"
     finally:
         code = await stop(proc)
     assert code == 0

@@ -49,7 +49,7 @@ MAX_CONTROL = 64
 class PollConnection:
     __slots__ = (
         "client_id", "session_id", "user_id", "params", "headers", "last_rx", "busy",
-        "closed", "close_reason", "_bridge", "_control", "_backlog", "_waiter",
+        "closed", "close_reason", "lingering", "_bridge", "_control", "_backlog", "_waiter",
     )  # fmt: skip
 
     transport = "poll"
@@ -77,6 +77,7 @@ class PollConnection:
         self.busy = False
         self.closed = False
         self.close_reason = "timeout"
+        self.lingering = False
         self._bridge = bridge
         self._control: deque[Message] = deque(maxlen=MAX_CONTROL)
         self._backlog: list[Entry] | None = None
@@ -104,7 +105,17 @@ class PollConnection:
         self.close_reason = label or {
             4408: "timeout", 1000: "replaced", 1001: "shutdown"
         }.get(code, "server")  # fmt: skip
+        if code in (1012, 1013) and self._waiter is None and self._control:
+            # Between two polls: stay until the next poll has carried the notice
+            # (reconnect) to the client, then go (see poll_handler).
+            self.lingering = True
+            return
         self._wake(True)
+        self.finish()
+
+    def finish(self) -> None:
+        """The transport is over: stop its timer and leave the session."""
+        self.lingering = False
         self._bridge.unwatch(self)
         self._bridge.detach(self, self.close_reason)
 
@@ -198,7 +209,7 @@ async def poll_handler(request: web.Request) -> web.StreamResponse:
             return json_error(401, auth.code, auth.message)
         session = bridge.sessions.get(req.session_id)
         held = session.conns.get(auth[0]) if session is not None else None
-        if isinstance(held, PollConnection) and not held.closed:
+        if isinstance(held, PollConnection) and (not held.closed or held.lingering):
             conn = held
     if conn is None or session is None:
         admitted = await admit(request, "poll", seq_param="cursor")
@@ -218,6 +229,8 @@ async def poll_handler(request: web.Request) -> web.StreamResponse:
         conn.supersede()
         conn.last_rx = time.monotonic()
     body, delivered = await conn.answer(session, req.epoch, req.last_seq, wait, codec)
+    if conn.lingering:
+        conn.finish()
     if delivered:
         bridge.metrics.deliveries.labels("poll").inc(delivered)
     return await encoded_response(request, cfg, body, codec)

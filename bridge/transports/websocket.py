@@ -12,6 +12,7 @@ closed with 1013 and resumes later; it never delays anyone else.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import deque
@@ -100,7 +101,7 @@ class WebSocketConnection:
 
     async def _drain(self) -> None:
         try:
-            while self._queue and not self.closed:
+            while self._queue:
                 payload = self._queue.popleft()
                 self._queued -= len(payload)
                 await self.ws.send_frame(payload, WSMsgType(self._op))
@@ -139,9 +140,13 @@ class WebSocketConnection:
             return
         self.closed = True
         self.close_reason = label or _label_for(code)
-        asyncio.get_running_loop().create_task(
-            self.ws.close(code=code, message=reason.encode("utf-8")[:120])
-        )
+        asyncio.get_running_loop().create_task(self._close(code, reason))
+
+    async def _close(self, code: int, reason: str) -> None:
+        if self._drainer is not None:  # what was queued before the close goes first
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.shield(self._drainer), 2.0)
+        await self.ws.close(code=code, message=reason.encode("utf-8")[:120])
 
 
 def _label_for(code: int) -> str:

@@ -96,6 +96,15 @@ class UpstreamClient:
         self._timeout = aiohttp.ClientTimeout(total=cfg.timeout)
         metrics.breaker_state.set(0)
 
+    def reconfigure(self, cfg: Upstream) -> None:
+        """Take a reloaded ``upstream`` section (routes, timeouts, retries) from now on.
+        The breaker keeps its state; its thresholds change."""
+        self.cfg = cfg
+        self.base = cfg.url.rstrip("/")
+        self.breaker.threshold = cfg.breaker.failures
+        self.breaker.recovery = cfg.breaker.recovery
+        self._timeout = aiohttp.ClientTimeout(total=cfg.timeout)
+
     def _update_breaker_gauge(self) -> None:
         self.metrics.breaker_state.set(STATE_VALUES[self.breaker.state(time.monotonic())])
 

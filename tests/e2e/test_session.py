@@ -313,14 +313,47 @@ async def test_handshake_headers_are_forwarded_upstream(stack: Stack):
         assert call["headers"] == {"Cookie": "sid=abc", "Authorization": "Bearer t"}
 
 
-async def test_server_shutdown_closes_clients_with_1001(make_stack):
-    stack = await make_stack()
+async def test_shutdown_without_drain_closes_clients_with_1001(make_stack):
+    stack = await make_stack({"shutdown": {"timeout": 0}})
     c = await stack.connect("s1", "u1")
     closed = asyncio.create_task(c.closed())  # a client reads all the time
     started = asyncio.get_running_loop().time()
     await stack.bridge_server.close()
     assert await closed == 1001
     assert asyncio.get_running_loop().time() - started < 3
+
+
+async def test_shutdown_drains_every_transport(make_stack, transport):
+    stack = await make_stack({"shutdown": {"timeout": "3s"}})
+    c = await stack.connect("s1", "u1", transport=transport)
+    await c.wait_state(lambda s: True)
+    readiness: list[int] = []
+
+    async def probe() -> None:
+        while True:
+            async with stack.http.get(stack.url("/readyz")) as r:
+                readiness.append(r.status)
+                if r.status == 503:
+                    return
+            await asyncio.sleep(0.01)
+
+    # What SIGTERM does (see cli.serve): drain while still listening, then stop.
+    started = asyncio.get_running_loop().time()
+    draining = asyncio.create_task(stack.bridge.drain(3.0))
+    prober = asyncio.create_task(probe())
+    notice = await c.wait_for(lambda m: m["type"] == "reconnect", timeout=5)
+    assert notice["reason"] == "draining" and 500 <= notice["retry_after_ms"] <= 2000
+    if transport == "websocket":
+        assert await c.closed() == 1012
+    await asyncio.wait_for(prober, 1)
+    assert readiness[-1] == 503, "unready while draining"
+    async with stack.http.get(
+        stack.url("/api/poll"), params={"sessionId": "s", "userId": "x"}
+    ) as r:
+        assert r.status == 503 and "Retry-After" in r.headers, "no new clients while draining"
+    await draining
+    await stack.bridge_server.close()
+    assert asyncio.get_running_loop().time() - started < 3.5
 
 
 async def test_an_internal_error_closes_1011_and_others_are_served(stack: Stack, monkeypatch):
