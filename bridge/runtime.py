@@ -242,13 +242,20 @@ class Bridge:
             conn.close(1012, "server restarting", "drain")
         deadline = started + timeout
         while time.monotonic() < deadline and (
-            self.connections or any(s.inflight for s in self.sessions.values())
+            any(not self._gone(c) for c in self.connections.values())
+            or any(s.inflight for s in self.sessions.values())
         ):
             await asyncio.sleep(0.02)
         log.info(
             "drained in %.2fs; %d connections left", time.monotonic() - started,
             len(self.connections),
         )  # fmt: skip
+
+    @staticmethod
+    def _gone(conn: Connection) -> bool:
+        """A poll client waiting for its next poll to carry the notice, that has
+        not polled for a while, is not coming back: the drain does not wait for it."""
+        return bool(getattr(conn, "lingering", False)) and time.monotonic() - conn.last_rx > 2.0
 
     def reload(self, cfg: Config) -> list[str]:
         """Apply a new configuration to what can change while running; returns the

@@ -223,6 +223,7 @@ FAST = {
         "push": {"path": "/bridge/push", "secret": "push-secret"},
     },
     "presence": {"grace": "1s"},
+    "shutdown": {"timeout": "3s"},
     "security": {"token_secret": "test-secret"},
     "logging": {"debug": True},
 }  # fmt: skip

@@ -155,6 +155,8 @@ async def test_sigterm_under_load_moves_every_client_to_another_instance(
         assert len(votes) == 12 + 3, "every vote reached the legacy app exactly once"
         assert final["revealed"]
     finally:
+        relay.server.close()
+        await relay.server.wait_closed()
         for c in clients:
             await c.close()
         for proc in (a, b):
