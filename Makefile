@@ -17,10 +17,11 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-# What the tests need from Debian: chromium for the browser tests (driven by
+# What the tests need from Debian: nginx and promtool (prometheus) for the deploy
+# files, chromium for the browser tests (driven by
 # Playwright for Python; never `playwright install`), and npm to fetch React
 # for the hook's test (skipped when node and npm are already there).
-SYSTEM_PACKAGES := chromium
+SYSTEM_PACKAGES := chromium nginx prometheus
 system-deps:
 	@missing=""; for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	command -v npm >/dev/null 2>&1 || missing="$$missing nodejs npm"; \

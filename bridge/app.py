@@ -20,6 +20,7 @@ import aiohttp
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from .admin import add_admin_routes
 from .config import Config, load_config
 from .exceptions import ConfigError
 from .metrics import Metrics
@@ -203,6 +204,8 @@ def make_app(
     app.router.add_get(p.metrics, metrics)
     if cfg.upstream.push is not None:
         app.router.add_post(cfg.upstream.push.path, push)
+    if cfg.admin.token:
+        add_admin_routes(app)
     for url, (filename, ctype) in STATIC_FILES.items():
         if (STATIC / filename).exists():
             app.router.add_get(url, _static_handler(filename, ctype))

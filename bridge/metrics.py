@@ -77,6 +77,24 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        self.transport_switches = Counter(
+            "bridge_transport_switches",
+            "Connects of a client that was on another transport (its 'transport' parameter).",
+            ["from", "to"],
+            registry=r,
+        )
+        self.wire_bytes = Counter(
+            "bridge_wire_bytes",
+            "Bytes of messages written, before (encoded) and after (sent) compression.",
+            ["transport", "stage"],
+            registry=r,
+        )
+        self.heartbeat_rtt = Histogram(
+            "bridge_heartbeat_rtt_seconds",
+            "Ping to pong round trip of WebSocket clients.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.resumes = Counter(
             "bridge_resumes",
             "Connects that asked to resume, by outcome (resumed or reset).",

@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import secrets
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -97,6 +98,8 @@ class ConnectRequest:
     last_seq: int | None
     params: dict[str, str]
     headers: dict[str, str]
+    #: the transport the client was on before this connect (for switch metrics)
+    previous: str | None = None
 
 
 class JoinRefused(Exception):
@@ -145,6 +148,7 @@ def parse_connect(
         if value is not None:
             fwd[name] = value
     assert session_id is not None and user_id is not None
+    previous = query.get("transport")
     return ConnectRequest(
         session_id=session_id,
         user_id=user_id,
@@ -153,6 +157,7 @@ def parse_connect(
         last_seq=last_seq,
         params=params,
         headers=fwd,
+        previous=previous if previous in TRANSPORTS else None,
     )
 
 
@@ -448,6 +453,8 @@ class Bridge:
             self.metrics.resumes.labels("resumed" if resumed else "reset").inc()
         welcome = self.welcome(session, conn, resumed, attached.head)
         conn.start(welcome, backlog.entries)
+        if req.previous is not None and req.previous != conn.transport:
+            self.metrics.transport_switches.labels(req.previous, conn.transport).inc()
         self.metrics.connections_opened.labels(conn.transport).inc()
         self.metrics.connections_active.labels(conn.transport).inc()
         if attached.presence is not None:
@@ -511,6 +518,7 @@ class Bridge:
         for transport, n in counts.items():
             self.metrics.deliveries.labels(transport).inc(n)
             self.metrics.messages.labels("out", entry.type, "any").inc(n)
+            self.metrics.wire_bytes.labels(transport, "encoded").inc(n * entry.size)
         if seen_at is not None:
             self.metrics.delivery_latency.observe(time.monotonic() - seen_at)
         evicted = session.hub.log.evictions - session.evictions_seen
@@ -552,9 +560,11 @@ class Bridge:
         if cmd.type == "heartbeat":
             conn.send(m.heartbeat(int(time.time() * 1000)))
             return None
-        if cmd.type in ("pong", "ping"):
-            if cmd.type == "ping":
-                conn.send({"type": "pong", "ts": cmd.payload.get("ts")})
+        if cmd.type == "pong":
+            self._observe_rtt(cmd.payload.get("ts"))
+            return None
+        if cmd.type == "ping":
+            conn.send({"type": "pong", "ts": cmd.payload.get("ts")})
             return None
         return await self.command(conn, cmd)
 
@@ -654,10 +664,22 @@ class Bridge:
             when = max(conn.last_rx + hb.timeout, now + TICK_SLACK * 2)
         self.schedule(("hb", conn), when)
 
-    def pong(self, conn: Connection) -> None:
-        """A ``pong`` answer to our ping: liveness only (the transport's fast path)."""
+    def pong(self, conn: Connection, data: str) -> None:
+        """A ``pong`` answer to our ping: liveness, and its round trip (the fast path)."""
         conn.last_rx = time.monotonic()
         self._pongs_in.inc()
+        try:
+            ts = json.loads(data).get("ts")
+        except (ValueError, AttributeError):
+            return
+        self._observe_rtt(ts)
+
+    def _observe_rtt(self, ts: object) -> None:
+        """``ts`` is the ping's wall-clock milliseconds, echoed by the client."""
+        if isinstance(ts, int) and not isinstance(ts, bool):
+            rtt = time.time() - ts / 1000
+            if 0 <= rtt < 600:
+                self.metrics.heartbeat_rtt.observe(rtt)
 
     # ------------------------------------------------------------------ sessions
     def _schedule_session(self, session: Session) -> None:
@@ -777,6 +799,17 @@ class Bridge:
         self.metrics.present_users.set(
             sum(len(s.hub.presence.online()) for s in self.sessions.values())
         )
+
+    def count_wire(self, transport: str) -> Callable[[int, int], None]:
+        """A counter of (encoded, sent) bytes for answers over ``transport``."""
+        encoded = self.metrics.wire_bytes.labels(transport, "encoded")
+        sent = self.metrics.wire_bytes.labels(transport, "sent")
+
+        def count(before: int, after: int) -> None:
+            encoded.inc(before)
+            sent.inc(after)
+
+        return count
 
     def refresh_scrape_gauges(self) -> None:
         """Gauges that are cheaper to compute at scrape time than on every change."""

@@ -71,6 +71,8 @@ class Stack:
         transport: str = "websocket", **params: Any,
     ) -> Any:  # fmt: skip
         query = {"sessionId": session, "userId": user}
+        if "previous_transport" in params:  # the 'transport' connect parameter
+            query["transport"] = params.pop("previous_transport")
         query.update({k: str(v) for k, v in params.items() if v is not None})
         if transport != "websocket":
             cls = SSEClient if transport == "sse" else PollClient

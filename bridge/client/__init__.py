@@ -336,6 +336,7 @@ class BridgeClient:
             "upgrade_interval_ms": 60000,
         }
         self.heartbeat_timeout = 60.0
+        self.last_transport: str | None = None
         self.client_id: str | None = None
         self.token: str | None = None
         self.epoch: str | None = None
@@ -436,6 +437,8 @@ class BridgeClient:
     # ------------------------------------------------------------------ internals
     def query(self, resume: bool) -> dict[str, str]:
         q = {"sessionId": self.session_id, "userId": self.user_id, **self.params}
+        if self.last_transport:
+            q["transport"] = self.last_transport  # for the bridge's fallback/upgrade counts
         if resume and self.token:
             q["resumeToken"] = self.token
             if self.epoch:
@@ -487,6 +490,7 @@ class BridgeClient:
                     welcome = await t.start()
                 except ClientError as exc:
                     await t.close()
+                    self.last_transport = kind
                     last = exc
                     log.debug("%s failed: %s", kind, exc)
                     if exc.fatal:
@@ -534,6 +538,7 @@ class BridgeClient:
     async def _activate(self, t: _Transport, welcome: dict[str, Any]) -> None:
         previous_kind = self.connection_type
         self._active = t
+        self.last_transport = t.kind
         if not welcome.get("synthetic"):
             self.client_id = welcome["clientId"]
             self.token = welcome["resumeToken"]

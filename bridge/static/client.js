@@ -347,6 +347,8 @@ export class ConnectionManager {
   _query(resume) {
     const q = new URLSearchParams({ sessionId: this.opts.sessionId, userId: this.opts.userId });
     for (const [k, v] of Object.entries(this.opts.params || {})) q.set(k, String(v));
+    // The transport this client was on, or last tried: the bridge counts fallbacks and upgrades.
+    if (this.lastTransport) q.set("transport", this.lastTransport);
     if (resume && this.token) {
       q.set("resumeToken", this.token);
       if (this.epoch) { q.set("epoch", this.epoch); q.set("lastSeq", String(this.seq)); }
@@ -386,6 +388,7 @@ export class ConnectionManager {
           return;
         } catch (err) {
           t.close();
+          this.lastTransport = kind;
           lastErr = err;
           this._log(kind, "failed:", err.code || err);
           if (err.retryAfterMs) this.retryHintMs = err.retryAfterMs;
@@ -427,6 +430,7 @@ export class ConnectionManager {
   _activate(t, welcome) {
     const previous = this.active;
     this.active = t;
+    this.lastTransport = t.kind;
     if (previous && previous !== t) previous.close(1000, "replaced by " + t.kind);
     this._welcome(welcome);
     if (t.activated) t.activated();

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+from collections.abc import Callable
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
@@ -58,8 +59,15 @@ def accepts_gzip(request: web.Request) -> bool:
 
 
 async def encoded_response(
-    request: web.Request, cfg: Config, body: bytes, codec: Codec, status: int = 200
+    request: web.Request,
+    cfg: Config,
+    body: bytes,
+    codec: Codec,
+    status: int = 200,
+    count: Callable[[int, int], None] | None = None,
 ) -> web.Response:
+    """The answer, gzipped when worth it; ``count(encoded, sent)`` gets its sizes."""
+    encoded = len(body)
     headers = {
         "Content-Type": codec.content_type,
         "Cache-Control": "no-store",
@@ -72,6 +80,8 @@ async def encoded_response(
         else:
             body = gzip.compress(body, 6)
         headers["Content-Encoding"] = "gzip"
+    if count is not None:
+        count(encoded, len(body))
     return web.Response(body=body, status=status, headers=headers)
 
 

@@ -139,4 +139,6 @@ async def messages_handler(request: web.Request) -> web.StreamResponse:
     answer: dict[str, Any] = {"acks": acks}
     if errors:
         answer["errors"] = errors
-    return await encoded_response(request, cfg, reply_codec.encode(answer), reply_codec)
+    return await encoded_response(
+        request, cfg, reply_codec.encode(answer), reply_codec, count=bridge.count_wire("http")
+    )

@@ -233,4 +233,4 @@ async def poll_handler(request: web.Request) -> web.StreamResponse:
         conn.finish()
     if delivered:
         bridge.metrics.deliveries.labels("poll").inc(delivered)
-    return await encoded_response(request, cfg, body, codec)
+    return await encoded_response(request, cfg, body, codec, count=bridge.count_wire("poll"))

@@ -193,7 +193,7 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
         async for msg in ws:
             if msg.type is WSMsgType.TEXT:
                 if msg.data.startswith(PONG):  # every client, every interval: keep it cheap
-                    bridge.pong(conn)
+                    bridge.pong(conn, msg.data)
                 else:
                     await bridge.receive(conn, msg.data)
             elif msg.type is WSMsgType.BINARY:

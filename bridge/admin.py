@@ -1,0 +1,110 @@
+"""Admin endpoints under ``/bridge/admin/`` (off unless ``admin.token`` is set).
+
+``Authorization: Bearer <admin.token>`` on every request (401 otherwise):
+
+- ``GET /bridge/admin/sessions``: every session this instance holds, briefly;
+- ``GET /bridge/admin/sessions/{sessionId}``: one session's clients and their
+  transports, the replay window and seqs, presence and the upstream poller.
+
+Answers never include resume tokens or forwarded headers.
+"""
+
+from __future__ import annotations
+
+import hmac
+import time
+from typing import Any
+
+from aiohttp import web
+
+from .runtime import Session
+from .transports.common import BRIDGE, json_error
+
+PREFIX = "/bridge/admin"
+
+
+def _authorised(request: web.Request) -> bool:
+    token = request.app[BRIDGE].cfg.admin.token
+    given = request.headers.get("Authorization", "")
+    return bool(token) and hmac.compare_digest(given.encode(), f"Bearer {token}".encode())
+
+
+def _summary(session: Session) -> dict[str, Any]:
+    log = session.hub.log
+    return {
+        "sessionId": session.id,
+        "epoch": log.epoch,
+        "seq": log.head,
+        "clients": len(session.conns),
+        "present": session.hub.presence.online(),
+    }
+
+
+def _detail(session: Session, now: float) -> dict[str, Any]:
+    hub = session.hub
+    log = hub.log
+    presence = hub.presence
+    return {
+        **_summary(session),
+        "clients": [
+            {
+                "clientId": c.client_id,
+                "userId": c.user_id,
+                "transport": c.transport,
+                "codec": c.codec.name,
+                "idleSeconds": round(now - c.last_rx, 3),
+                "busy": c.busy,
+            }
+            for c in session.conns.values()
+        ],
+        "replay": {
+            "firstSeq": log.first_seq,
+            "head": log.head,
+            "entries": len(log),
+            "bytes": log.bytes,
+            "evictions": log.evictions,
+            "latest": {t: e.seq for t in ("session", "presence") if (e := log.latest(t))},
+        },
+        "presence": {
+            "online": presence.online(),
+            "inGrace": [u for u in presence.online() if presence.in_grace(u)],
+        },
+        "upstream": {
+            "polling": session.poller is not None and not session.poller.done(),
+            "etag": session.etag,
+            "pollFailures": session.poll_failures,
+            "commandsInFlight": session.inflight,
+        },
+    }
+
+
+async def sessions(request: web.Request) -> web.Response:
+    if not _authorised(request):
+        return json_error(
+            401, "unauthorized", "admin endpoints need 'Authorization: Bearer <admin.token>'"
+        )
+    bridge = request.app[BRIDGE]
+    return web.json_response(
+        {
+            "sessions": [_summary(s) for s in bridge.sessions.values()],
+            "connections": len(bridge.connections),
+            "breaker": bridge.upstream.breaker_state(),
+            "draining": bridge.closing,
+        }
+    )
+
+
+async def session(request: web.Request) -> web.Response:
+    if not _authorised(request):
+        return json_error(
+            401, "unauthorized", "admin endpoints need 'Authorization: Bearer <admin.token>'"
+        )
+    found = request.app[BRIDGE].sessions.get(request.match_info["sid"])
+    if found is None:
+        return json_error(404, "not_found", "no such session on this instance")
+    return web.json_response(_detail(found, time.monotonic()))
+
+
+def add_admin_routes(app: web.Application) -> None:
+    app.router.add_get(PREFIX + "/sessions", sessions)
+    app.router.add_get(PREFIX + "/sessions/{sid}", session)
