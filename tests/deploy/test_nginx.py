@@ -1,0 +1,147 @@
+"""Real nginx, with the shipped deploy/nginx/bridge.conf (ports templated), in
+front of the bridge: WebSocket, SSE without buffering delay, long-poll, and the
+legacy app's own routes passed through."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import Stack
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+async def nginx(make_stack, tmp_path: Path):
+    binary = shutil.which("nginx") or (
+        "/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None
+    )
+    if binary is None:
+        pytest.fail("nginx is missing: `make test` installs Debian's nginx package")
+    stack = await make_stack()
+    port = free_port()
+    site = (ROOT / "deploy" / "nginx" / "bridge.conf").read_text()
+    site = site.replace("server 127.0.0.1:8080;", f"server 127.0.0.1:{stack.bridge_server.port};")
+    site = site.replace("server 127.0.0.1:3000;", f"server 127.0.0.1:{stack.backend_server.port};")
+    assert "listen 80;" in site
+    site = site.replace("listen 80;", f"listen 127.0.0.1:{port};")
+    (tmp_path / "bridge.conf").write_text(site)
+    (tmp_path / "nginx.conf").write_text(
+        f"""user root;
+daemon off;
+pid {tmp_path}/nginx.pid;
+error_log {tmp_path}/error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    client_body_temp_path {tmp_path}/body;
+    proxy_temp_path {tmp_path}/proxy;
+    fastcgi_temp_path {tmp_path}/fastcgi;
+    uwsgi_temp_path {tmp_path}/uwsgi;
+    scgi_temp_path {tmp_path}/scgi;
+    include {tmp_path}/bridge.conf;
+}}
+"""
+    )
+    check = subprocess.run([binary, "-t", "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf")],
+                           capture_output=True, text=True, timeout=30)  # fmt: skip
+    assert check.returncode == 0, check.stderr
+    proc = subprocess.Popen([binary, "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf")])
+    deadline = time.monotonic() + 10
+    while True:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                break
+        assert time.monotonic() < deadline, (tmp_path / "error.log").read_text()
+        await asyncio.sleep(0.05)
+    yield stack, f"http://127.0.0.1:{port}"
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+async def test_a_websocket_session_through_nginx(nginx):
+    stack, base = nginx
+    async with stack.http.ws_connect(
+        base + "/api/websocket", params={"sessionId": "ng", "userId": "u1"}
+    ) as ws:
+        assert (await ws.receive_json(timeout=5))["type"] == "welcome"
+        await ws.send_json({"type": "vote", "id": "n1", "payload": {"vote": "3"}})
+        while True:
+            msg = await ws.receive_json(timeout=5)
+            if msg["type"] == "ack":
+                assert msg == {"type": "ack", "id": "n1", "status": "ok"}
+                break
+
+
+async def test_sse_through_nginx_delivers_each_event_at_once(nginx):
+    stack, base = nginx
+    async with stack.http.get(
+        base + "/api/events", params={"sessionId": "ng", "userId": "u2"}
+    ) as r:
+        assert r.status == 200 and r.headers["Content-Type"].startswith("text/event-stream")
+        while b"event: session" not in await r.content.readline():
+            pass
+        loop = asyncio.get_running_loop()
+        for i in range(3):
+            sent = loop.time()
+            async with stack.http.post(
+                stack.url("/bridge/push"), json={"sessionId": "ng", "state": {"i": i}},
+                headers={"Authorization": "Bearer push-secret"},
+            ) as p:  # fmt: skip
+                assert p.status == 202
+            while True:
+                line = await asyncio.wait_for(r.content.readline(), 5)
+                if line.startswith(b"data: ") and b'"i":%d' % i in line:
+                    break
+            assert loop.time() - sent < 0.5, "nginx buffered the event"
+
+
+async def test_long_poll_through_nginx(nginx):
+    stack, base = nginx
+    async with stack.http.get(base + "/api/poll", params={"sessionId": "ng", "userId": "u3"}) as r:
+        first = await r.json()
+    w = first["messages"][0]
+    params = {"sessionId": "ng", "userId": "u3", "resumeToken": w["resumeToken"],
+              "epoch": w["epoch"], "cursor": str(first["cursor"]), "wait": "10"}  # fmt: skip
+    async with stack.http.get(base + "/api/poll", params=params) as r:
+        body = await r.json()  # the session state arrives after the first poll
+    params["cursor"] = str(body["cursor"])
+    held = asyncio.create_task(stack.http.get(base + "/api/poll", params=params))
+    await asyncio.sleep(0.3)
+    assert not held.done(), "the poll is held through nginx"
+    other = await stack.connect("ng", "voter")
+    await other.command("vote", {"vote": "8"})
+    resp = await asyncio.wait_for(held, 5)
+    assert (await resp.json())["messages"]
+    answer = await (await stack.http.post(
+        base + "/api/messages", params={"resumeToken": w["resumeToken"]},
+        json={"type": "vote", "id": "p1", "payload": {"vote": "2"}},
+    )).json()  # fmt: skip
+    assert answer["acks"][0]["status"] == "ok"
+
+
+async def test_the_legacy_app_routes_pass_through_and_private_ones_stay_private(nginx):
+    stack: Stack
+    stack, base = nginx
+    await stack.connect("ng", "u4")
+    async with stack.http.get(base + "/api/sessions/ng") as r:
+        assert r.status == 200 and (await r.json())["id"] == "ng"
+    async with stack.http.get(base + "/bridge/client.js") as r:
+        assert r.status == 200
+    async with stack.http.post(base + "/bridge/push", json={}) as r:
+        assert r.status == 403
+    async with stack.http.get(base + "/metrics") as r:
+        assert r.status == 200  # allowed from 127.0.0.1 only
