@@ -511,14 +511,17 @@ class Bridge:
     # ------------------------------------------------------------------ fan-out
     def broadcast(self, session: Session, entry: Entry, seen_at: float | None = None) -> None:
         """Write one stream entry to every connection of the session."""
-        counts: dict[str, int] = {}
+        counts: dict[tuple[str, str], int] = {}
         for conn in list(session.conns.values()):
             if conn.deliver(entry):
-                counts[conn.transport] = counts.get(conn.transport, 0) + 1
-        for transport, n in counts.items():
+                key = (conn.transport, conn.codec.name)
+                counts[key] = counts.get(key, 0) + 1
+        for (transport, codec), n in counts.items():
             self.metrics.deliveries.labels(transport).inc(n)
-            self.metrics.messages.labels("out", entry.type, "any").inc(n)
-            self.metrics.wire_bytes.labels(transport, "encoded").inc(n * entry.size)
+            self.metrics.messages.labels("out", entry.type, codec).inc(n)
+            self.metrics.wire_bytes.labels(transport, "encoded").inc(
+                n * len(entry.encoded_as(codec))
+            )
         if seen_at is not None:
             self.metrics.delivery_latency.observe(time.monotonic() - seen_at)
         evicted = session.hub.log.evictions - session.evictions_seen

@@ -46,6 +46,10 @@ class Entry:
             data = self._encoded[codec.name] = codec.encode(self.message)
         return data
 
+    def encoded_as(self, codec_name: str) -> bytes:
+        """The encoding cached for ``codec_name`` (JSON when it was never asked for)."""
+        return self._encoded.get(codec_name, self.json)
+
     def sse_event(self) -> bytes:
         """The whole SSE event (``event:``, ``id: <seq>``, ``data: <json>``), built once."""
         data = self._encoded.get("sse")

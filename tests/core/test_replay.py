@@ -30,6 +30,9 @@ def test_encoded_once_per_codec():
     assert frame is e.ws_frame(JSON)
     assert frame[0] == 0x81 and frame.endswith(e.json)
     assert e.ws_frame(MSGPACK)[0] == 0x82
+    assert e.encoded_as("msgpack") is packed
+    assert e.encoded_as("json") is e.json
+    assert e.encoded_as("cbor") is e.json
 
 
 def test_resume_gets_exactly_what_follows():
