@@ -136,6 +136,12 @@ class Metrics:
             "bridge_state_changes", "Session state changes, by source (poll or push).",
             ["source"], registry=r,
         )  # fmt: skip
+        self.rate_limited = Counter(
+            "bridge_rate_limited",
+            "Commands refused (rate_limited) over limits.commands_per_second.",
+            ["transport"],
+            registry=r,
+        )
         self.dedupe_hits = Counter(
             "bridge_dedupe_hits", "Commands answered from the de-dupe window.", registry=r
         )

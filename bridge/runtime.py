@@ -30,6 +30,7 @@ from typing import Any, Protocol
 from .config import Config
 from .core.dedupe import Done, Pending
 from .core.hub import HubSettings, SessionHub
+from .core.ratelimit import TokenBucket
 from .core.replay import Entry, Reset
 from .core.timers import TimerQueue
 from .exceptions import (
@@ -177,6 +178,8 @@ class Session:
     joining: dict[str, asyncio.Future[None]] = field(default_factory=dict)
     #: (userId, command id) → the ack, for repeats that arrive while it is upstream.
     pending: dict[tuple[str, str], asyncio.Future[Message]] = field(default_factory=dict)
+    #: clientId → its commands_per_second bucket
+    buckets: dict[str, TokenBucket] = field(default_factory=dict)
     poller: asyncio.Task[None] | None = None
     refresh: asyncio.Event = field(default_factory=asyncio.Event)
     inflight: int = 0
@@ -578,6 +581,20 @@ class Bridge:
         route = self.cfg.upstream.commands.get(cmd.type)
         if route is None:
             reply = m.failure("unknown_type", f"unknown message type {cmd.type!r}", cmd.id)
+            conn.send(reply)
+            return reply if cmd.id is not None else None
+        bucket = session.buckets.get(conn.client_id)
+        now = time.monotonic()
+        if bucket is None:
+            rate = self.cfg.limits.commands_per_second
+            bucket = session.buckets[conn.client_id] = TokenBucket(rate, max(5.0, 2 * rate), now)
+        if not bucket.take(now):
+            # Refused before forwarding: acked with the error (so outboxes release it),
+            # not remembered by the de-dupe window (a later retry goes through).
+            self.metrics.rate_limited.labels(conn.transport).inc()
+            wait = bucket.retry_after()
+            reply = m.failure("rate_limited", f"over {self.cfg.limits.commands_per_second:g} "
+                              f"commands a second; retry in {wait:.2f}s", cmd.id)  # fmt: skip
             conn.send(reply)
             return reply if cmd.id is not None else None
         if cmd.id is None:

@@ -139,6 +139,13 @@ async def messages_handler(request: web.Request) -> web.StreamResponse:
     answer: dict[str, Any] = {"acks": acks}
     if errors:
         answer["errors"] = errors
-    return await encoded_response(
-        request, cfg, reply_codec.encode(answer), reply_codec, count=bridge.count_wire("http")
-    )
+    limited = [
+        x for x in acks + errors if (x.get("error") or x).get("code") == "rate_limited"
+    ]  # fmt: skip
+    resp = await encoded_response(
+        request, cfg, reply_codec.encode(answer), reply_codec, count=bridge.count_wire("http"),
+        status=429 if limited else 200,
+    )  # fmt: skip
+    if limited:
+        resp.headers["Retry-After"] = "1"
+    return resp

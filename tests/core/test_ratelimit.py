@@ -1,0 +1,32 @@
+from hypothesis import given
+from hypothesis import strategies as st
+
+from bridge.core.ratelimit import TokenBucket
+
+
+def test_burst_then_rate():
+    b = TokenBucket(rate=2.0, burst=3.0, now=0.0)
+    assert [b.take(0.0) for _ in range(4)] == [True, True, True, False]
+    assert b.retry_after() == 0.5
+    assert not b.take(0.25)
+    assert b.take(0.5)
+    assert b.retry_after() > 0
+    assert b.take(10.0) and b.take(10.0) and b.take(10.0) and not b.take(10.0)
+
+
+def test_clock_going_backwards_gives_nothing():
+    b = TokenBucket(rate=1.0, burst=1.0, now=5.0)
+    assert b.take(5.0)
+    assert not b.take(4.0)
+    assert b.retry_after() == 1.0
+    assert b.take(6.0)
+
+
+@given(st.lists(st.floats(0, 0.5), max_size=200), st.floats(0.5, 50), st.floats(1, 20))
+def test_never_more_than_burst_plus_rate_times_time(gaps, rate, burst):
+    b = TokenBucket(rate=rate, burst=burst, now=0.0)
+    now, taken = 0.0, 0
+    for gap in gaps:
+        now += gap
+        taken += b.take(now)
+    assert taken <= burst + rate * now + 1e-9
