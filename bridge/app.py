@@ -26,7 +26,7 @@ from .exceptions import ConfigError
 from .metrics import Metrics
 from .protocol.types import valid_id
 from .runtime import Bridge
-from .transports.common import BRIDGE, CONFIG, METRICS, json_error
+from .transports.common import BRIDGE, CONFIG, METRICS, cors_middleware, json_error
 from .transports.messages import messages_handler
 from .transports.poll import poll_handler
 from .transports.sse import events_handler
@@ -187,7 +187,10 @@ def make_app(
 
     With ``reload_from``, SIGHUP re-reads that file (see :func:`reload_config`).
     """
-    app = web.Application(client_max_size=max(cfg.limits.max_message_bytes, 1024 * 1024))
+    app = web.Application(
+        client_max_size=max(cfg.limits.max_message_bytes, 1024 * 1024),
+        middlewares=[cors_middleware],
+    )
     app[CONFIG] = cfg
     if reload_from is not None:
         app[RELOAD] = reload_from

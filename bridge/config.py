@@ -254,6 +254,8 @@ class Admin:
 class Security:
     allowed_origins: tuple[str, ...] = ()
     require_origin: bool = False
+    #: peers whose X-Forwarded-For is believed (your nginx / load balancer)
+    trusted_proxies: tuple[str, ...] = ()
     token_secret: str = ""
     token_ttl: PositiveDuration = 24 * 3600.0
 

@@ -207,6 +207,9 @@ class Bridge:
         self._secret = secret.encode("utf-8")
         self.sessions: dict[str, Session] = {}
         self.connections: dict[int, Connection] = {}
+        #: open connections per client address (limits.max_connections_per_ip)
+        self.per_ip: dict[str, int] = {}
+        self._conn_ip: dict[int, str] = {}
         self.timers: TimerQueue[tuple[str, Any]] = TimerQueue()
         self._waiter: asyncio.Future[None] | None = None
         self._sleep_until: float | None = None
@@ -435,7 +438,12 @@ class Bridge:
             session.joining.pop(user_id, None)
 
     def attach(
-        self, session: Session, conn: Connection, req: ConnectRequest, resumed_token: bool
+        self,
+        session: Session,
+        conn: Connection,
+        req: ConnectRequest,
+        resumed_token: bool,
+        ip: str = "unknown",
     ) -> None:
         """Register a connection: welcome, then its backlog, then the live stream.
 
@@ -448,6 +456,8 @@ class Bridge:
             previous.close(1000, "replaced by a newer connection of this client")
         session.conns[conn.client_id] = conn
         self.connections[id(conn)] = conn
+        self._conn_ip[id(conn)] = ip
+        self.per_ip[ip] = self.per_ip.get(ip, 0) + 1
         session.users[conn.user_id] = _UserContext(conn.client_id, conn.params, conn.headers)
         attached = session.hub.attach(conn.client_id, conn.user_id, req.epoch, req.last_seq, now)
         backlog = attached.backlog
@@ -497,6 +507,12 @@ class Bridge:
         """The transport ended. Starts the user's grace if it was their last client."""
         if self.connections.pop(id(conn), None) is None:
             return
+        ip = self._conn_ip.pop(id(conn), "unknown")
+        left = self.per_ip.get(ip, 1) - 1
+        if left > 0:
+            self.per_ip[ip] = left
+        else:
+            self.per_ip.pop(ip, None)
         self.metrics.connections_active.labels(conn.transport).dec()
         self.metrics.connections_closed.labels(conn.transport, reason).inc()
         session = self.sessions.get(conn.session_id)

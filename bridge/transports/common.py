@@ -48,11 +48,55 @@ def origin_allowed(cfg: Config, origin: str | None) -> bool:
     return not allowed or "*" in allowed or origin in allowed
 
 
-def client_ip(request: web.Request) -> str:
+def cors_headers(cfg: Config, origin: str | None, preflight: bool = False) -> dict[str, str]:
+    """CORS for the HTTP transports, only for origins listed in security.allowed_origins
+    (an empty list allows any origin to connect, but grants no cross-origin reads)."""
+    if origin is None or origin not in cfg.security.allowed_origins:
+        return {}
+    headers = {
+        "Access-Control-Allow-Origin": origin,
+        "Access-Control-Allow-Credentials": "true",
+        "Vary": "Origin",
+    }
+    if preflight:
+        headers["Access-Control-Allow-Methods"] = "GET, POST, OPTIONS"
+        headers["Access-Control-Allow-Headers"] = (
+            "Content-Type, Content-Encoding, Accept, X-Bridge-Token, Last-Event-ID"
+        )
+        headers["Access-Control-Max-Age"] = "600"
+    return headers
+
+
+@web.middleware
+async def cors_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Preflights and CORS headers on paths.events, paths.poll and paths.messages."""
+    cfg = request.app[BRIDGE].cfg
+    if request.path not in (cfg.paths.events, cfg.paths.poll, cfg.paths.messages):
+        response: web.StreamResponse = await handler(request)
+        return response
+    origin = request.headers.get("Origin")
+    if request.method == "OPTIONS":
+        allowed = cors_headers(cfg, origin, preflight=True)
+        if not allowed:
+            return json_error(403, "forbidden", "origin not allowed")
+        return web.Response(status=204, headers=allowed)
+    response = await handler(request)
+    if not response.prepared:
+        response.headers.update(cors_headers(cfg, origin))
+    return response
+
+
+def client_ip(request: web.Request, trusted: tuple[str, ...] = ()) -> str:
+    """The client's address: the peer's, or — when the peer is a trusted proxy —
+    the last address in X-Forwarded-For that is not itself a trusted proxy."""
     peer: Any = request.transport.get_extra_info("peername") if request.transport else None
-    if isinstance(peer, tuple) and peer:
-        return str(peer[0])
-    return "unknown"
+    ip = str(peer[0]) if isinstance(peer, tuple) and peer else "unknown"
+    if ip in trusted:
+        hops = [h.strip() for h in request.headers.get("X-Forwarded-For", "").split(",")]
+        for hop in reversed([h for h in hops if h]):
+            if hop not in trusted:
+                return hop
+    return ip
 
 
 #: HTTP statuses for the close codes a refused connection gets (protocol.md).
@@ -83,6 +127,7 @@ class Admitted:
     session: Session
     client_id: str
     by_token: bool
+    ip: str
 
 
 async def admit(
@@ -118,6 +163,9 @@ async def _admit(
         return Refusal(1012, "draining", "server restarting", "draining")
     if len(bridge.connections) >= cfg.limits.max_connections:
         return Refusal(1013, "overloaded", "too many connections", "overload")
+    ip = client_ip(request, cfg.security.trusted_proxies)
+    if bridge.per_ip.get(ip, 0) >= cfg.limits.max_connections_per_ip:
+        return Refusal(1013, "overloaded", "too many connections from this address", "per_ip")
     auth = bridge.authenticate(req)
     if isinstance(auth, ProtocolError):
         return Refusal(auth.close_code, auth.code, auth.message, "unauthorized")
@@ -133,4 +181,4 @@ async def _admit(
     except JoinRefused as exc:
         bridge.drop_if_idle(session)
         return Refusal(exc.close_code, exc.code, exc.message, "join_refused")
-    return Admitted(req, session, client_id, by_token)
+    return Admitted(req, session, client_id, by_token, ip)

@@ -221,7 +221,7 @@ async def poll_handler(request: web.Request) -> web.StreamResponse:
             client_id=admitted.client_id, session_id=req.session_id, user_id=req.user_id,
             params=req.params, headers=req.headers, now=time.monotonic(),
         )  # fmt: skip
-        bridge.attach(session, conn, req, admitted.by_token)
+        bridge.attach(session, conn, req, admitted.by_token, admitted.ip)
         bridge.watch(conn)
         wait = 0.0  # the first poll answers at once with its welcome
     else:

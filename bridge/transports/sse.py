@@ -29,7 +29,7 @@ from ..protocol import sse
 from ..protocol.codecs import JSON
 from ..protocol.types import Message
 from ..runtime import Bridge
-from .common import BRIDGE, Refusal, admit, transport_disabled
+from .common import BRIDGE, Refusal, admit, cors_headers, transport_disabled
 
 log = logging.getLogger("bridge.transports.sse")
 
@@ -137,9 +137,13 @@ async def events_handler(request: web.Request) -> web.StreamResponse:
         client_id=admitted.client_id, session_id=req.session_id, user_id=req.user_id,
         params=req.params, headers=req.headers, now=time.monotonic(),
     )  # fmt: skip
-    resp = EventSourceResponse(ping_interval=NO_LIBRARY_PINGS, sep="\n")
+    resp = EventSourceResponse(
+        ping_interval=NO_LIBRARY_PINGS,
+        sep="\n",
+        headers=cors_headers(bridge.cfg, request.headers.get("Origin")),
+    )
     await resp.prepare(request)
-    bridge.attach(admitted.session, conn, req, admitted.by_token)
+    bridge.attach(admitted.session, conn, req, admitted.by_token, admitted.ip)
     bridge.watch(conn)
     try:
         await conn.run(resp)

@@ -187,7 +187,7 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
         client_id=client_id, session_id=req.session_id, user_id=req.user_id, codec=codec,
         params=req.params, headers=req.headers, now=time.monotonic(),
     )  # fmt: skip
-    bridge.attach(session, conn, req, admitted.by_token)
+    bridge.attach(session, conn, req, admitted.by_token, admitted.ip)
     bridge.watch(conn)
     try:
         async for msg in ws:

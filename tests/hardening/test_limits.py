@@ -37,3 +37,67 @@ async def test_http_commands_over_the_rate_get_429(make_stack):
         answer = await r.json()
     codes = [a.get("error", {}).get("code", "ok") for a in answer["acks"]]
     assert codes == ["ok"] * 5 + ["rate_limited"] * 2
+
+
+async def test_connections_per_address_with_a_trusted_proxy(make_stack):
+    stack: Stack = await make_stack(
+        {"limits": {"max_connections_per_ip": 2}, "security": {"trusted_proxies": ["127.0.0.1"]}}
+    )
+    a1 = await stack.connect("ip", "a1", headers={"X-Forwarded-For": "203.0.113.7"})
+    await stack.connect("ip", "a2", headers={"X-Forwarded-For": "198.51.100.1, 203.0.113.7"})
+    refused = await stack.connect(
+        "ip", "a3", headers={"X-Forwarded-For": "203.0.113.7"}, expect_welcome=False
+    )
+    assert await refused.closed() == 1013
+    async with stack.http.get(
+        stack.url("/api/poll"), params={"sessionId": "ip", "userId": "a4"},
+        headers={"X-Forwarded-For": "203.0.113.7"},
+    ) as r:  # fmt: skip
+        assert r.status == 503 and "Retry-After" in r.headers
+    # another address behind the same proxy is not affected
+    await stack.connect("ip", "b1", headers={"X-Forwarded-For": "192.0.2.44"})
+    await a1.close()
+    for _ in range(50):
+        if stack.bridge.per_ip.get("203.0.113.7") == 1:
+            break
+        await asyncio.sleep(0.02)
+    await stack.connect("ip", "a5", headers={"X-Forwarded-For": "203.0.113.7"})
+
+
+async def test_forwarded_for_is_ignored_from_untrusted_peers(make_stack):
+    stack: Stack = await make_stack({"limits": {"max_connections_per_ip": 1}})
+    await stack.connect("ip", "x1", headers={"X-Forwarded-For": "192.0.2.1"})
+    refused = await stack.connect(
+        "ip", "x2", headers={"X-Forwarded-For": "192.0.2.2"}, expect_welcome=False
+    )
+    assert await refused.closed() == 1013, "both are 127.0.0.1: a spoofed header changes nothing"
+
+
+async def test_cors_only_for_listed_origins(make_stack):
+    stack: Stack = await make_stack({"security": {"allowed_origins": ["https://poker.example"]}})
+    ok = {"Origin": "https://poker.example", "Access-Control-Request-Method": "POST"}
+    async with stack.http.options(stack.url("/api/messages"), headers=ok) as r:
+        assert r.status == 204
+        assert r.headers["Access-Control-Allow-Origin"] == "https://poker.example"
+        assert "X-Bridge-Token" in r.headers["Access-Control-Allow-Headers"]
+        assert r.headers["Access-Control-Allow-Credentials"] == "true"
+    bad = {"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"}
+    async with stack.http.options(stack.url("/api/messages"), headers=bad) as r:
+        assert r.status == 403 and "Access-Control-Allow-Origin" not in r.headers
+    async with stack.http.get(
+        stack.url("/api/poll"), params={"sessionId": "c", "userId": "u"},
+        headers={"Origin": "https://poker.example"},
+    ) as r:  # fmt: skip
+        assert r.status == 200
+        assert r.headers["Access-Control-Allow-Origin"] == "https://poker.example"
+    async with stack.http.get(
+        stack.url("/api/events"), params={"sessionId": "c", "userId": "v"},
+        headers={"Origin": "https://poker.example"},
+    ) as r:  # fmt: skip
+        assert r.headers["Access-Control-Allow-Origin"] == "https://poker.example"
+    open_stack: Stack = await make_stack()
+    async with open_stack.http.get(
+        open_stack.url("/api/poll"), params={"sessionId": "c", "userId": "u"},
+        headers={"Origin": "https://anyone.example"},
+    ) as r:  # fmt: skip
+        assert r.status == 200 and "Access-Control-Allow-Origin" not in r.headers
