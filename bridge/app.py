@@ -26,7 +26,8 @@ from .exceptions import ConfigError
 from .metrics import Metrics
 from .protocol.types import valid_id
 from .runtime import Bridge
-from .transports.common import BRIDGE, CONFIG, METRICS, cors_middleware, json_error
+from .transports.common import BRIDGE, CONFIG, METRICS, edge_middleware, json_error
+from .transports.http import BodyTooBig, BodyUnreadable, read_body
 from .transports.messages import messages_handler
 from .transports.poll import poll_handler
 from .transports.sse import events_handler
@@ -142,11 +143,15 @@ async def push(request: web.Request) -> web.Response:
         return json_error(
             401, "unauthorized", "a valid 'Authorization: Bearer <secret>' is required"
         )
-    if request.content_length is not None and request.content_length > PUSH_MAX_BYTES:
-        return json_error(413, "too_big", f"push bodies are limited to {PUSH_MAX_BYTES} bytes")
     try:
-        body = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError):
+        raw = await read_body(request, PUSH_MAX_BYTES)
+    except BodyTooBig:
+        return json_error(413, "too_big", f"push bodies are limited to {PUSH_MAX_BYTES} bytes")
+    except BodyUnreadable as exc:
+        return json_error(400, "bad_message", f"cannot decode the body: {exc}")
+    try:
+        body = json.loads(raw)
+    except (ValueError, RecursionError):
         return json_error(400, "bad_message", "the body must be JSON")
     if not isinstance(body, dict) or "state" not in body:
         return json_error(400, "bad_message", 'expected {"sessionId": "...", "state": {...}}')
@@ -189,7 +194,9 @@ def make_app(
     """
     app = web.Application(
         client_max_size=max(cfg.limits.max_message_bytes, 1024 * 1024),
-        middlewares=[cors_middleware],
+        middlewares=[edge_middleware],
+        # Bodies are inflated by read_body, within the size cap; not by aiohttp.
+        handler_args={"auto_decompress": False},
     )
     app[CONFIG] = cfg
     if reload_from is not None:

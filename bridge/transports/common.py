@@ -68,21 +68,24 @@ def cors_headers(cfg: Config, origin: str | None, preflight: bool = False) -> di
 
 
 @web.middleware
-async def cors_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
-    """Preflights and CORS headers on paths.events, paths.poll and paths.messages."""
+async def edge_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+    """CORS on paths.events, paths.poll and paths.messages (preflights too); and a
+    request with a body left unread (refused before reading, or past a limit)
+    does not keep its connection alive."""
     cfg = request.app[BRIDGE].cfg
-    if request.path not in (cfg.paths.events, cfg.paths.poll, cfg.paths.messages):
-        response: web.StreamResponse = await handler(request)
-        return response
+    http_transport = request.path in (cfg.paths.events, cfg.paths.poll, cfg.paths.messages)
     origin = request.headers.get("Origin")
-    if request.method == "OPTIONS":
+    if http_transport and request.method == "OPTIONS":
         allowed = cors_headers(cfg, origin, preflight=True)
         if not allowed:
             return json_error(403, "forbidden", "origin not allowed")
         return web.Response(status=204, headers=allowed)
-    response = await handler(request)
+    response: web.StreamResponse = await handler(request)
     if not response.prepared:
-        response.headers.update(cors_headers(cfg, origin))
+        if http_transport:
+            response.headers.update(cors_headers(cfg, origin))
+        if request.body_exists and not request.content.is_eof():
+            response.force_close()  # the rest is drained (still compressed), not kept alive
     return response
 
 

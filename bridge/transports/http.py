@@ -1,9 +1,9 @@
 """HTTP plumbing shared by the SSE, poll and messages endpoints.
 
-Request bodies: aiohttp inflates ``Content-Encoding: gzip``/``deflate`` as it
-reads, a bounded chunk at a time; :func:`read_body` stops reading at
-``limits.max_message_bytes`` + 1 of *decoded* bytes, so a gzip bomb costs the
-bridge no more than the cap (plus one chunk) before it answers 413.
+Request bodies: :func:`read_body` inflates ``Content-Encoding: gzip``/``deflate``
+itself and stops at ``limits.max_message_bytes`` + 1 *decoded* bytes, so a
+gzip bomb costs the bridge no more than the cap before it answers 413; what
+the client still sends is drained without being inflated.
 
 Responses: JSON or msgpack by ``Accept``; gzip when ``Accept-Encoding``
 allows it and the body is at least ``codecs.gzip_min_bytes``.
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import zlib
 from collections.abc import Callable
 
 from aiohttp import web
@@ -93,25 +94,56 @@ class BodyUnreadable(Exception):
     pass
 
 
+class UnsupportedEncoding(BodyUnreadable):
+    pass
+
+
+def _decompressor(encoding: str) -> zlib._Decompress:
+    if encoding in ("gzip", "x-gzip"):
+        return zlib.decompressobj(16 + zlib.MAX_WBITS)
+    if encoding == "deflate":
+        return zlib.decompressobj(zlib.MAX_WBITS)
+    raise UnsupportedEncoding(f"Content-Encoding {encoding!r} is not accepted (use gzip)")
+
+
 async def read_body(request: web.Request, cap: int) -> bytes:
-    """The decoded body, at most ``cap`` bytes. Raises BodyTooBig / BodyUnreadable."""
-    if (
-        request.content_length is not None
-        and request.content_length > cap
-        and not (request.headers.get("Content-Encoding"))
-    ):
+    """The decoded body, at most ``cap`` bytes. Raises BodyTooBig / BodyUnreadable.
+
+    aiohttp's own decompression is off (``auto_decompress=False``, see make_app):
+    a compressed body is inflated here, never more than ``cap`` + 1 bytes, and
+    whatever is left unread is drained compressed, so a gzip bomb costs nothing.
+    """
+    encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
+    inflate = None if encoding in ("", "identity") else _decompressor(encoding)
+    if inflate is None and request.content_length is not None and request.content_length > cap:
         raise BodyTooBig()
     chunks: list[bytes] = []
     size = 0
     try:
         while True:
-            chunk = await request.content.read(min(65536, cap + 1 - size))
-            if not chunk:
+            raw = await request.content.read(65536)
+            if not raw:
                 break
-            chunks.append(chunk)
-            size += len(chunk)
+            if inflate is None:
+                out = raw
+            else:
+                out = inflate.decompress(raw, cap + 1 - size)
+                if inflate.unconsumed_tail:
+                    raise BodyTooBig()
+            chunks.append(out)
+            size += len(out)
             if size > cap:
                 raise BodyTooBig()
+        if inflate is not None:
+            tail = inflate.flush()
+            size += len(tail)
+            chunks.append(tail)
+            if size > cap:
+                raise BodyTooBig()
+            if not inflate.eof:
+                raise BodyUnreadable("the compressed body is truncated")
+    except zlib.error as exc:
+        raise BodyUnreadable(f"not valid {encoding}: {exc}") from None
     except (HttpProcessingError, web.RequestPayloadError, ValueError) as exc:
         raise BodyUnreadable(str(exc) or type(exc).__name__) from None
     return b"".join(chunks)

@@ -25,7 +25,15 @@ from ..protocol import tokens
 from ..protocol.codecs import Codec, decode_batch
 from ..protocol.types import RESERVED_PARAMS, Message
 from .common import BRIDGE, json_error, origin_allowed
-from .http import BodyTooBig, BodyUnreadable, accept_codec, body_codec, encoded_response, read_body
+from .http import (
+    BodyTooBig,
+    BodyUnreadable,
+    UnsupportedEncoding,
+    accept_codec,
+    body_codec,
+    encoded_response,
+    read_body,
+)
 
 #: Messages per request; more is a 413 (the outbox sends in batches).
 MAX_BATCH = 100
@@ -105,10 +113,9 @@ async def messages_handler(request: web.Request) -> web.StreamResponse:
                 413, "message_too_big", f"the decoded body is over limits.max_message_bytes ({cap})"
             )
         else:
-            resp = json_error(400, "bad_message", f"cannot decode the body: {exc}")
-        # The rest of the body is never read (nor inflated): close the connection instead.
-        resp.force_close()
-        return resp
+            status = 415 if isinstance(exc, UnsupportedEncoding) else 400
+            resp = json_error(status, "bad_message", f"cannot decode the body: {exc}")
+        return resp  # the rest of the body is never read: see edge_middleware
     batch = decode_batch(codec, body)
     if isinstance(batch, BadMessage):
         return json_error(400, batch.code, batch.message)

@@ -75,6 +75,8 @@ async def test_messages_refusals(make_stack):
         (token, gzip.compress(b"[" + b"1," * 3000 + b"1]"),
          {**json_h, "Content-Encoding": "gzip"}, 413, "message_too_big"),
         (token, b"not gzip", {**json_h, "Content-Encoding": "gzip"}, 400, "bad_message"),
+        (token, gzip.compress(b"{}")[:-6], {**json_h, "Content-Encoding": "gzip"}, 400, "bad_message"),
+        (token, b"{}", {**json_h, "Content-Encoding": "br"}, 415, "bad_message"),
     ]  # fmt: skip
     for tok, data, headers, status, code in cases:
         async with stack.http.post(
