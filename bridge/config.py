@@ -192,6 +192,8 @@ class Upstream:
     keepalive: Keepalive | None = field(default_factory=_default_keepalive)
     state: StateRoute = field(default_factory=StateRoute)
     push: Push | None = None
+    #: how long a command waits while the breaker is open before upstream_unavailable
+    hold: Duration = 15.0
 
 
 @dataclass(frozen=True)

@@ -142,6 +142,11 @@ class Metrics:
             ["transport"],
             registry=r,
         )
+        self.commands_held = Counter(
+            "bridge_commands_held",
+            "Commands held while the upstream breaker was open (then sent or expired).",
+            registry=r,
+        )
         self.dedupe_hits = Counter(
             "bridge_dedupe_hits", "Commands answered from the de-dupe window.", registry=r
         )

@@ -35,6 +35,7 @@ from .core.replay import Entry, Reset
 from .core.timers import TimerQueue
 from .exceptions import (
     BadRequest,
+    CircuitOpen,
     ProtocolError,
     Unauthorized,
     UpstreamError,
@@ -53,6 +54,7 @@ log = logging.getLogger("bridge.runtime")
 
 TRANSPORTS = ["websocket", "sse", "poll"]
 TICK_SLACK = 0.05  # timers may fire this much early, so one wake-up serves many
+MAX_HELD_PER_SESSION = 100  # commands held while the upstream breaker is open
 
 
 class Connection(Protocol):
@@ -178,6 +180,8 @@ class Session:
     joining: dict[str, asyncio.Future[None]] = field(default_factory=dict)
     #: (userId, command id) → the ack, for repeats that arrive while it is upstream.
     pending: dict[tuple[str, str], asyncio.Future[Message]] = field(default_factory=dict)
+    #: commands waiting for the breaker to close (at most MAX_HELD_PER_SESSION)
+    held: int = 0
     #: clientId → its commands_per_second bucket
     buckets: dict[str, TokenBucket] = field(default_factory=dict)
     poller: asyncio.Task[None] | None = None
@@ -653,7 +657,7 @@ class Bridge:
         session.inflight += 1
         conn.busy = True
         try:
-            await self.upstream.request(cmd.type, route, ctx, conn.headers)
+            await self._request_or_hold(session, cmd.type, route, ctx, conn.headers)
         except MissingValue as exc:
             return m.ack_error(cid, "bad_message", str(exc))
         except UpstreamError as exc:
@@ -673,6 +677,34 @@ class Bridge:
             self._schedule_session(session)
         session.refresh.set()
         return m.ack_ok(cid)
+
+    async def _request_or_hold(
+        self, session: Session, name: str, route: Any, ctx: dict[str, Any],
+        headers: Mapping[str, str],
+    ) -> None:  # fmt: skip
+        """Send a command; while the breaker is open, hold it (a bounded number per
+        session, for upstream.hold at most) and send it when the breaker lets a
+        request through. Raises CircuitOpen when it cannot wait any longer."""
+        deadline = time.monotonic() + self.cfg.upstream.hold
+        held = False
+        try:
+            while True:
+                try:
+                    await self.upstream.request(name, route, ctx, headers)
+                    return
+                except CircuitOpen:
+                    now = time.monotonic()
+                    if now >= deadline or (not held and session.held >= MAX_HELD_PER_SESSION):
+                        raise
+                    if not held:
+                        held = True
+                        session.held += 1
+                        self.metrics.commands_held.inc()
+                    wait = self.upstream.breaker.retry_in(now)
+                    await asyncio.sleep(min(max(wait, 0.05), deadline - now))
+        finally:
+            if held:
+                session.held -= 1
 
     # ------------------------------------------------------------------ heartbeats
     def watch(self, conn: Connection) -> None:

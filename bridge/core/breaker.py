@@ -47,6 +47,15 @@ class CircuitBreaker:
             return True
         return False
 
+    def retry_in(self, now: float) -> float:
+        """Seconds until a request may be tried (0 when one may go now)."""
+        state = self.state(now)
+        if state == "closed" or (state == "half_open" and not self._trial):
+            return 0.0
+        if state == "open":
+            return self._opened_at + self.recovery - now
+        return self.recovery / 10  # a trial is under way: look again soon
+
     def success(self) -> None:
         self._state = "closed"
         self._failures = 0

@@ -32,3 +32,13 @@ def test_success_resets_the_count():
     b.failure(0.0)
     assert b.state(0.0) == "closed"
     assert STATE_VALUES == {"closed": 0, "half_open": 1, "open": 2}
+
+
+def test_retry_in():
+    b = CircuitBreaker(failures=1, recovery=10.0)
+    assert b.retry_in(0.0) == 0.0
+    b.failure(0.0)
+    assert b.retry_in(4.0) == 6.0
+    assert b.retry_in(10.0) == 0.0  # half-open, the trial is free
+    assert b.allow(10.0)
+    assert b.retry_in(10.0) == 1.0  # the trial is under way
