@@ -160,6 +160,12 @@ class Metrics:
         self.replay_evictions = Counter(
             "bridge_replay_evictions", "Stream messages evicted from replay logs.", registry=r
         )
+        self.slow_consumer_collapses = Counter(
+            "bridge_slow_consumer_collapses",
+            "Snapshots replaced by a newer one while a slow client's socket was full.",
+            ["transport"],
+            registry=r,
+        )
         self.slow_consumer_closes = Counter(
             "bridge_slow_consumer_closes",
             "Transports closed (1013) because their send queue passed the cap.",

@@ -347,6 +347,10 @@ class Bridge:
                         if ping is None:
                             ping = m.ping(int(time.time() * 1000))
                         self._check_heartbeat(target, now, ping)
+                    elif kind == "flush":
+                        again = target.flush_held(now)
+                        if again is not None:
+                            self.schedule(("flush", target), again)
                     else:
                         self._tick_session(target, now)
                 except Exception:  # pragma: no cover - a bug must not stop the ticker

@@ -30,13 +30,14 @@ from .common import BRIDGE, Refusal, admit, json_error, transport_disabled
 log = logging.getLogger("bridge.transports.websocket")
 
 PONG = '{"type":"pong"'
+FLUSH_CHECK = 0.05  # seconds between looks at a slow consumer's socket
 
 
 class WebSocketConnection:
     __slots__ = (
         "ws", "client_id", "session_id", "user_id", "codec", "params", "headers",
         "last_rx", "busy", "closed", "close_reason", "_bridge", "_tr", "_direct",
-        "_cap", "_queue", "_queued", "_drainer", "_op",
+        "_cap", "_queue", "_queued", "_drainer", "_op", "_held", "_held_since",
     )  # fmt: skip
 
     transport = "websocket"
@@ -76,6 +77,8 @@ class WebSocketConnection:
         self._queued = 0
         self._drainer: asyncio.Task[None] | None = None
         self._op = OP_BINARY if codec.binary else OP_TEXT
+        self._held: dict[str, Entry] | None = None
+        self._held_since = 0.0
 
     # -- writing
     def _write_frame(self, data: bytes) -> bool:
@@ -123,8 +126,47 @@ class WebSocketConnection:
         if self.closed:
             return False
         if self._direct:
+            if self._held is not None:
+                return self._hold(entry)
+            tr = self._tr
+            if tr is not None and tr.get_write_buffer_size() > self._cap // 2:
+                # Past the high-water mark: stream messages are held, newest per type only
+                # (each is a whole snapshot), until the socket drains.
+                now = time.monotonic()
+                self._held = {}
+                self._held_since = now
+                self._bridge.schedule(("flush", self), now + FLUSH_CHECK)
+                return self._hold(entry)
             return self._write_frame(entry.ws_frame(self.codec))
         return self._enqueue(entry.encoded(self.codec))
+
+    def _hold(self, entry: Entry) -> bool:
+        assert self._held is not None
+        if entry.type in self._held:
+            self._bridge.metrics.slow_consumer_collapses.labels("websocket").inc()
+        self._held[entry.type] = entry
+        return True
+
+    def flush_held(self, now: float) -> float | None:
+        """Called by the bridge's ticker while snapshots are held: write them once the
+        socket drained below the low-water mark; close with 1013 if it stays stuck.
+        Returns when to look again (None: done)."""
+        held = self._held
+        tr = self._tr
+        if held is None or self.closed or tr is None or tr.is_closing():
+            self._held = None
+            return None
+        if tr.get_write_buffer_size() <= self._cap // 8:
+            self._held = None
+            for entry in sorted(held.values(), key=lambda e: e.seq):
+                if not self._write_frame(entry.ws_frame(self.codec)):
+                    break
+            return None
+        if now - self._held_since > 2 * self._bridge.cfg.heartbeat.interval:
+            self._held = None
+            self._slow()
+            return None
+        return now + FLUSH_CHECK
 
     def send(self, message: Message) -> None:
         if self.closed:

@@ -3,6 +3,8 @@ client is served normally."""
 
 import asyncio
 import contextlib
+import re
+import socket
 
 import aiohttp
 import msgpack
@@ -229,29 +231,70 @@ async def test_session_full_closes_1013(make_stack):
     await served_normally(stack)
 
 
-async def test_slow_consumer_is_closed_1013_and_others_are_not_delayed(make_stack):
-    stack = await make_stack({"limits": {"send_queue_bytes": "64KiB"}})
-    fast = await stack.connect("s1", "fast")
-    slow = await stack.connect("s1", "slow")  # never reads again
-    slow_transport = slow.ws._response.connection.transport
-    slow_transport.pause_reading()
-    await fast.wait_state(lambda s: True)
-    auth = {"Authorization": "Bearer push-secret"}
-    big = "x" * 60000
-    for i in range(300):
+async def push_states(stack, n: int, start: int = 0, pad: int = 60000) -> None:
+    for i in range(start, start + n):
         async with stack.http.post(
-            stack.url("/bridge/push"),
-            json={"sessionId": "s1", "state": {"i": i, "pad": big}},
-            headers=auth,
-        ) as r:
+            stack.url("/bridge/push"), json={"sessionId": "s1", "state": {"i": i, "pad": "x" * pad}},
+            headers={"Authorization": "Bearer push-secret"},
+        ) as r:  # fmt: skip
             assert r.status == 202
-        if i % 10 == 0:
-            await fast.wait_state(lambda s, i=i: s.get("i") == i, timeout=5)
-        if stack.bridge.sessions["s1"].conns.get(slow.welcome_msg["clientId"]) is None:
-            break
-    else:
-        raise AssertionError("the slow consumer was never closed")
+
+
+def starve(stack, client) -> asyncio.Transport:
+    """Make ``client`` a slow consumer: it stops reading, and both ends' kernel
+    buffers are made small (as on a slow link) so the bridge's own queue fills."""
+    transport = client.ws._response.connection.transport
+    # Not below the loopback MSS (64 KiB): a smaller window never reopens (RFC 1122 SWS).
+    transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 131072)
+    server_side = stack.bridge.sessions["s1"].conns[client.welcome_msg["clientId"]]._tr
+    server_side.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 131072)
+    transport.pause_reading()
+    return transport
+
+
+async def test_a_slow_consumer_gets_the_newest_snapshot_and_delays_nobody(make_stack):
+    stack = await make_stack({"limits": {"send_queue_bytes": "256KiB"}})
+    fast = await stack.connect("s1", "fast")
+    slow = await stack.connect("s1", "slow")
+    await fast.wait_state(lambda s: True)
+    await slow.wait_state(lambda s: True)
+    slow_transport = starve(stack, slow)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    for i in range(60):
+        await push_states(stack, 1, start=i)
+        await fast.wait_state(lambda s, i=i: s.get("i") == i, timeout=5)
+    assert loop.time() - started < 10, "the fast client kept its pace"
+    async with stack.http.get(stack.url("/metrics")) as r:
+        text = await r.text()
+    collapses = float(
+        re.search(r'bridge_slow_consumer_collapses_total\{transport="websocket"\} (\S+)', text)[1]
+    )
+    assert collapses > 10
+    assert slow.welcome_msg["clientId"] in stack.bridge.sessions["s1"].conns, "still connected"
+    slow_transport.resume_reading()
+    last = await slow.wait_state(lambda s: s.get("i") == 59, timeout=10)
+    seqs = [m["seq"] for m in slow.stream]
+    assert seqs == sorted(set(seqs)), "never twice, never backwards"
+    got = [m["payload"]["i"] for m in slow.stream if "i" in m["payload"]]
+    assert len(got) < 60 and got[-1] == 59 and last["seq"] == fast.stream[-1]["seq"]
+
+
+async def test_a_consumer_stuck_past_its_queue_is_closed_1013(make_stack):
+    stack = await make_stack(
+        {"limits": {"send_queue_bytes": "64KiB"},
+         "heartbeat": {"interval": "300ms", "timeout": "10s"}}
+    )  # fmt: skip
+    fast = await stack.connect("s1", "fast")
+    slow = await stack.connect("s1", "slow")
+    await fast.wait_state(lambda s: True)
+    starve(stack, slow)
+    reader = asyncio.create_task(fast.wait_for(lambda m: False, timeout=3))
+    await push_states(stack, 30)
+    await asyncio.sleep(1.5)
+    assert slow.welcome_msg["clientId"] not in stack.bridge.sessions["s1"].conns
     async with stack.http.get(stack.url("/metrics")) as r:
         assert 'bridge_slow_consumer_closes_total{transport="websocket"} 1.0' in await r.text()
-    await fast.wait_state(lambda s: s.get("i") == i)
-    slow_transport.resume_reading()
+    with contextlib.suppress(TimeoutError):
+        await reader
+    assert fast.close_code is None
