@@ -273,7 +273,7 @@ async def test_a_slow_consumer_gets_the_newest_snapshot_and_delays_nobody(make_s
     assert collapses > 10
     assert slow.welcome_msg["clientId"] in stack.bridge.sessions["s1"].conns, "still connected"
     slow_transport.resume_reading()
-    last = await slow.wait_state(lambda s: s.get("i") == 59, timeout=10)
+    last = await slow.wait_state(lambda s: s.get("i") == 59, timeout=30)
     seqs = [m["seq"] for m in slow.stream]
     assert seqs == sorted(set(seqs)), "never twice, never backwards"
     got = [m["payload"]["i"] for m in slow.stream if "i" in m["payload"]]
