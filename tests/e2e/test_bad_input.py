@@ -271,7 +271,12 @@ async def test_a_slow_consumer_gets_the_newest_snapshot_and_delays_nobody(make_s
         re.search(r'bridge_slow_consumer_collapses_total\{transport="websocket"\} (\S+)', text)[1]
     )
     assert collapses > 10
-    assert slow.welcome_msg["clientId"] in stack.bridge.sessions["s1"].conns, "still connected"
+    conn = stack.bridge.sessions["s1"].conns.get(slow.welcome_msg["clientId"])
+    assert conn is not None, "still connected"
+    assert conn._held["session"].message["payload"]["i"] == 59, "only the newest is held"
+    # The link recovers: normal buffers again, and the client reads.
+    slow_transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+    conn._tr.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
     slow_transport.resume_reading()
     last = await slow.wait_state(lambda s: s.get("i") == 59, timeout=30)
     seqs = [m["seq"] for m in slow.stream]
