@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -100,6 +101,37 @@ def client_ip(request: web.Request, trusted: tuple[str, ...] = ()) -> str:
             if hop not in trusted:
                 return hop
     return ip
+
+
+class ClientConnection:
+    """What every transport's connection holds: the fields of the runtime's
+    Connection protocol. Subclasses add how they write (and their own slots)."""
+
+    __slots__ = (
+        "client_id", "session_id", "user_id", "params", "headers", "last_rx", "busy",
+        "closed", "close_reason",
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        *,
+        client_id: str,
+        session_id: str,
+        user_id: str,
+        params: Mapping[str, str],
+        headers: Mapping[str, str],
+        now: float,
+        close_reason: str = "client",
+    ) -> None:
+        self.client_id = client_id
+        self.session_id = session_id
+        self.user_id = user_id
+        self.params = params
+        self.headers = headers
+        self.last_rx = now
+        self.busy = False
+        self.closed = False
+        self.close_reason = close_reason
 
 
 #: HTTP statuses for the close codes a refused connection gets (protocol.md).

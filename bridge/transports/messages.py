@@ -24,7 +24,7 @@ from ..exceptions import BadMessage, ProtocolError
 from ..protocol import tokens
 from ..protocol.codecs import Codec, decode_batch
 from ..protocol.types import RESERVED_PARAMS, Message
-from .common import BRIDGE, json_error, origin_allowed
+from .common import BRIDGE, ClientConnection, json_error, origin_allowed
 from .http import (
     BodyTooBig,
     BodyUnreadable,
@@ -39,13 +39,10 @@ from .http import (
 MAX_BATCH = 100
 
 
-class Collector:
+class Collector(ClientConnection):
     """The 'connection' a POSTed command runs on: what it sends is the HTTP answer."""
 
-    __slots__ = (
-        "client_id", "session_id", "user_id", "codec", "params", "headers", "last_rx", "busy",
-        "closed", "sent",
-    )  # fmt: skip
+    __slots__ = ("codec", "sent")
 
     transport = "http"
     sends_pings = False
@@ -53,15 +50,11 @@ class Collector:
 
     def __init__(self, client_id: str, session_id: str, user_id: str, codec: Codec,
                  params: Mapping[str, str], headers: Mapping[str, str]) -> None:  # fmt: skip
-        self.client_id = client_id
-        self.session_id = session_id
-        self.user_id = user_id
+        super().__init__(
+            client_id=client_id, session_id=session_id, user_id=user_id, params=params,
+            headers=headers, now=time.monotonic(),
+        )  # fmt: skip
         self.codec = codec
-        self.params = params
-        self.headers = headers
-        self.last_rx = time.monotonic()
-        self.busy = False
-        self.closed = False
         self.sent: list[Message] = []
 
     def start(self, welcome: Message, backlog: list[Entry]) -> None:  # pragma: no cover

@@ -39,18 +39,23 @@ from ..core.replay import Entry, Resumed
 from ..protocol.codecs import JSON, Codec, encode_batch
 from ..protocol.types import Message
 from ..runtime import Bridge, Session, parse_connect
-from .common import BRIDGE, Refusal, admit, json_error, origin_allowed, transport_disabled
+from .common import (
+    BRIDGE,
+    ClientConnection,
+    Refusal,
+    admit,
+    json_error,
+    origin_allowed,
+    transport_disabled,
+)
 from .http import accept_codec, encoded_response
 
 #: Control messages (welcome, errors, reconnect) kept for a client between polls.
 MAX_CONTROL = 64
 
 
-class PollConnection:
-    __slots__ = (
-        "client_id", "session_id", "user_id", "params", "headers", "last_rx", "busy",
-        "closed", "close_reason", "lingering", "_bridge", "_control", "_backlog", "_waiter",
-    )  # fmt: skip
+class PollConnection(ClientConnection):
+    __slots__ = ("lingering", "_bridge", "_control", "_backlog", "_waiter")
 
     transport = "poll"
     codec = JSON
@@ -68,15 +73,10 @@ class PollConnection:
         headers: Mapping[str, str],
         now: float,
     ) -> None:
-        self.client_id = client_id
-        self.session_id = session_id
-        self.user_id = user_id
-        self.params = params
-        self.headers = headers
-        self.last_rx = now
-        self.busy = False
-        self.closed = False
-        self.close_reason = "timeout"
+        super().__init__(
+            client_id=client_id, session_id=session_id, user_id=user_id, params=params,
+            headers=headers, now=now, close_reason="timeout",
+        )  # fmt: skip
         self.lingering = False
         self._bridge = bridge
         self._control: deque[Message] = deque(maxlen=MAX_CONTROL)

@@ -29,7 +29,7 @@ from ..protocol import sse
 from ..protocol.codecs import JSON
 from ..protocol.types import Message
 from ..runtime import Bridge
-from .common import BRIDGE, Refusal, admit, cors_headers, transport_disabled
+from .common import BRIDGE, ClientConnection, Refusal, admit, cors_headers, transport_disabled
 
 log = logging.getLogger("bridge.transports.sse")
 
@@ -37,11 +37,8 @@ log = logging.getLogger("bridge.transports.sse")
 NO_LIBRARY_PINGS = 365 * 24 * 3600.0
 
 
-class SSEConnection:
-    __slots__ = (
-        "client_id", "session_id", "user_id", "params", "headers", "last_rx", "busy",
-        "closed", "close_reason", "_bridge", "_queue", "_queued", "_cap", "_wake",
-    )  # fmt: skip
+class SSEConnection(ClientConnection):
+    __slots__ = ("_bridge", "_queue", "_queued", "_cap", "_wake")
 
     transport = "sse"
     codec = JSON
@@ -59,15 +56,10 @@ class SSEConnection:
         headers: Mapping[str, str],
         now: float,
     ) -> None:
-        self.client_id = client_id
-        self.session_id = session_id
-        self.user_id = user_id
-        self.params = params
-        self.headers = headers
-        self.last_rx = now
-        self.busy = False
-        self.closed = False
-        self.close_reason = "client"
+        super().__init__(
+            client_id=client_id, session_id=session_id, user_id=user_id, params=params,
+            headers=headers, now=now,
+        )  # fmt: skip
         self._bridge = bridge
         self._queue: deque[bytes] = deque()
         self._queued = 0

@@ -25,7 +25,7 @@ from ..protocol.codecs import JSON, SUBPROTOCOLS, Codec
 from ..protocol.frames import OP_BINARY, OP_TEXT, frame
 from ..protocol.types import Message
 from ..runtime import Bridge
-from .common import BRIDGE, Refusal, admit, json_error, transport_disabled
+from .common import BRIDGE, ClientConnection, Refusal, admit, json_error, transport_disabled
 
 log = logging.getLogger("bridge.transports.websocket")
 
@@ -33,11 +33,10 @@ PONG = '{"type":"pong"'
 FLUSH_CHECK = 0.05  # seconds between looks at a slow consumer's socket
 
 
-class WebSocketConnection:
+class WebSocketConnection(ClientConnection):
     __slots__ = (
-        "ws", "client_id", "session_id", "user_id", "codec", "params", "headers",
-        "last_rx", "busy", "closed", "close_reason", "_bridge", "_tr", "_direct",
-        "_cap", "_queue", "_queued", "_drainer", "_op", "_held", "_held_since",
+        "ws", "codec", "_bridge", "_tr", "_direct", "_cap", "_queue", "_queued", "_drainer",
+        "_op", "_held", "_held_since",
     )  # fmt: skip
 
     transport = "websocket"
@@ -58,17 +57,12 @@ class WebSocketConnection:
         headers: Mapping[str, str],
         now: float,
     ) -> None:
+        super().__init__(
+            client_id=client_id, session_id=session_id, user_id=user_id, params=params,
+            headers=headers, now=now,
+        )  # fmt: skip
         self.ws = ws
-        self.client_id = client_id
-        self.session_id = session_id
-        self.user_id = user_id
         self.codec = codec
-        self.params = params
-        self.headers = headers
-        self.last_rx = now
-        self.busy = False
-        self.closed = False
-        self.close_reason = "client"
         self._bridge = bridge
         self._tr = request.transport
         self._direct = not ws.compress and self._tr is not None
