@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: demo test lint bench bench-smoke check-config schema clean system-deps
+.PHONY: demo test lint bench bench-smoke chaos check-config schema clean system-deps
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -49,6 +49,10 @@ bench: $(STAMP)
 bench-smoke: $(STAMP)
 	$(PY) bench/fanout.py --smoke
 	$(PY) bench/transports.py --smoke
+
+# The chaos test at a larger scale than CI's (120 clients, 60 s).
+chaos: $(STAMP)
+	CHAOS_CLIENTS=120 CHAOS_SECONDS=60 $(PY) -m pytest -q -s tests/chaos -p no:cacheprovider
 
 schema: $(STAMP)
 	$(VENV)/bin/session-bridge schema --output config/bridge.schema.json

@@ -240,14 +240,22 @@ class Bridge:
         self._ticker = asyncio.get_running_loop().create_task(self._tick_loop())
 
     async def drain(self, timeout: float) -> None:
-        """Graceful stop (SIGTERM): unready at once, every client told to reconnect
-        (to any instance) after a jittered delay and closed with 1012, commands
-        already upstream finished, all within ``timeout``."""
+        """Graceful stop (SIGTERM), within ``timeout``:
+
+        1. unready at once: /readyz 503, new clients refused, and new commands are
+           neither forwarded nor acked (clients keep them for the next instance);
+        2. commands already upstream finish, and their acks reach the clients;
+        3. every client is told to reconnect (to any instance) after a jittered
+           delay, and closed with 1012.
+        """
         if self.drained:
             return
         self.drained = True
         self.closing = True
         started = time.monotonic()
+        deadline = started + timeout
+        while time.monotonic() < deadline and any(s.inflight for s in self.sessions.values()):
+            await asyncio.sleep(0.02)
         retry_after = max(0.5, min(2.0, timeout / 4))
         notice = m.reconnect(retry_after, "draining")
         conns = list(self.connections.values())
@@ -255,10 +263,8 @@ class Bridge:
         for conn in conns:
             conn.send(notice)
             conn.close(1012, "server restarting", "drain")
-        deadline = started + timeout
-        while time.monotonic() < deadline and (
-            any(not self._gone(c) for c in self.connections.values())
-            or any(s.inflight for s in self.sessions.values())
+        while time.monotonic() < deadline and any(
+            not self._gone(c) for c in self.connections.values()
         ):
             await asyncio.sleep(0.02)
         log.info(
@@ -601,6 +607,10 @@ class Bridge:
     async def command(self, conn: Connection, cmd: Command) -> Message | None:
         session = self.sessions.get(conn.session_id)
         if session is None:  # pragma: no cover - a live connection always has its session
+            return None
+        if self.drained:
+            # Draining: not forwarded and not acked, so the client keeps it in its
+            # outbox and sends it to the next instance (whose de-dupe window is new).
             return None
         route = self.cfg.upstream.commands.get(cmd.type)
         if route is None:

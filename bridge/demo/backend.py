@@ -64,6 +64,8 @@ class Backend:
         self.commands: list[dict[str, Any]] = []
         self.fail_ratio = 0.0
         self.stall = 0.0
+        self.stall_ratio = 1.0
+        self.faults_injected = 0
 
     def _expire(self, session: Session) -> None:
         now = time.monotonic()
@@ -99,9 +101,11 @@ class Backend:
         return data if isinstance(data, dict) else {}
 
     async def _faults(self) -> None:
-        if self.stall:
+        if self.stall and random.random() < self.stall_ratio:
+            self.faults_injected += 1
             await asyncio.sleep(self.stall)
         if self.fail_ratio and random.random() < self.fail_ratio:
+            self.faults_injected += 1
             raise web.HTTPServiceUnavailable(
                 text='{"error":"injected fault"}', content_type="application/json"
             )
@@ -209,7 +213,10 @@ class Backend:
         body = await self._body(request)
         self.fail_ratio = float(body.get("failRatio", 0.0))
         self.stall = float(body.get("stall", 0.0))
-        return web.json_response({"failRatio": self.fail_ratio, "stall": self.stall})
+        self.stall_ratio = float(body.get("stallRatio", 1.0))
+        return web.json_response(
+            {"failRatio": self.fail_ratio, "stall": self.stall, "stallRatio": self.stall_ratio}
+        )
 
 
 BACKEND: web.AppKey[Backend] = web.AppKey("backend", Backend)

@@ -83,6 +83,10 @@ async def messages_handler(request: web.Request) -> web.StreamResponse:
             "bad_message",
             "use application/json or application/msgpack",
         )
+    if bridge.drained:
+        return json_error(
+            503, "draining", "server restarting: send it again elsewhere", {"Retry-After": "1"}
+        )
     token = request.query.get("resumeToken") or request.headers.get("X-Bridge-Token")
     if not token:
         return json_error(

@@ -1,0 +1,133 @@
+"""Chaos, bounded and seeded: clients over all three transports vote in several
+sessions while their connections are killed and their transports switched, the
+legacy app fails 20 % of requests and stalls some, and the bridge restarts once
+with a drain. Then: every command acked ok was applied exactly once, none was
+applied twice, every client's last state equals the app's, and no client saw a
+seq twice or going backwards within an epoch.
+
+CI runs it small; `make chaos` runs it large (CHAOS_CLIENTS, CHAOS_SECONDS).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+from collections import Counter
+
+from bridge.client import BridgeClient, ClientError
+from bridge.transports.common import METRICS
+from tests.conftest import Stack
+
+CLIENTS = int(os.environ.get("CHAOS_CLIENTS", "24"))
+SECONDS = float(os.environ.get("CHAOS_SECONDS", "6"))
+SESSIONS = 3
+TRANSPORTS = ["websocket", "sse", "poll"]
+CONFIG = {
+    "presence": {"grace": "60s"},
+    "reconnect": {"initial": "100ms", "max": "800ms", "upgrade_interval": "1s"},
+    "upstream": {"retry": {"attempts": 4, "initial": "20ms", "max": "200ms"},
+                 "breaker": {"failures": 1000, "recovery": "300ms"}, "timeout": "2s"},
+    "limits": {"commands_per_second": 1000},
+}  # fmt: skip
+
+
+async def test_chaos(make_stack):
+    rng = random.Random(1127)
+    stack: Stack = await make_stack(CONFIG)
+    base = stack.url("").rstrip("/")
+    async with stack.http.post(
+        stack.backend_server.make_url("/_demo/faults"),
+        json={"failRatio": 0.2, "stall": 0.3, "stallRatio": 0.05},
+    ) as r:
+        assert r.status == 200
+    clients: list[BridgeClient] = []
+    seen: dict[str, list[tuple[str | None, int]]] = {}
+    for i in range(CLIENTS):
+        c = BridgeClient(base, f"chaos{i % SESSIONS}", f"u{i}", http=stack.http, poll_wait=1,
+                         transports=TRANSPORTS[i % 3:] + TRANSPORTS[: i % 3])  # fmt: skip
+        seen[c.user_id] = []
+        c.on_session = lambda state, seq, c=c: seen[c.user_id].append((c.epoch, seq))
+        c.on_presence = lambda online, seq, c=c: seen[c.user_id].append((c.epoch, seq))
+        clients.append(c)
+    await asyncio.gather(*(c.connect(timeout=30) for c in clients))
+    counts: Counter[str] = Counter()
+    acked_ok: set[str] = set()
+    calm = asyncio.Event()  # no connection kills around the restart
+    calm.set()
+    loop = asyncio.get_running_loop()
+    end = loop.time() + SECONDS
+
+    async def run_client(c: BridgeClient) -> None:
+        n = 0
+        while loop.time() < end:
+            n += 1
+            value = f"{c.user_id}:{n}"
+            counts["sent"] += 1
+            try:
+                ack = await asyncio.wait_for(c.send_vote(value), 30)
+                if ack["status"] == "ok":
+                    acked_ok.add(value)
+                    counts["acked"] += 1
+            except ClientError:
+                counts["failed"] += 1
+            roll = rng.random()
+            if roll < 0.08 and calm.is_set() and c._active is not None:
+                counts["killed"] += 1
+                await c._active.close()  # the connection dies; the client resumes
+            elif roll < 0.12 and calm.is_set() and c._active is not None:
+                counts["switched"] += 1
+                k = rng.randrange(3)
+                c.transports = tuple(TRANSPORTS[k:] + TRANSPORTS[:k])
+                await c._active.close()
+            await asyncio.sleep(rng.random() * 0.1)
+
+    async def restart_once() -> None:
+        await asyncio.sleep(SECONDS / 2)
+        calm.clear()
+        await asyncio.sleep(0.3)
+        await stack.restart_bridge(down=0.2)  # drains first
+        counts["restarts"] += 1
+        await asyncio.sleep(0.3)
+        calm.set()
+
+    await asyncio.gather(restart_once(), *(run_client(c) for c in clients))
+    # Quiet again: the app stops failing; every client converges.
+    async with stack.http.post(stack.backend_server.make_url("/_demo/faults"), json={}) as r:
+        assert r.status == 200
+    backend = stack.backend
+    async with asyncio.timeout(30):
+        while True:
+            views = {f"chaos{s}": backend.sessions[f"chaos{s}"].view() for s in range(SESSIONS)}
+            if all(c.state == views[c.session_id] and c.get_state()["queued"] == 0
+                   for c in clients):  # fmt: skip
+                break
+            await asyncio.sleep(0.1)
+    applied = Counter(
+        x["body"]["vote"] for x in backend.commands if "/votes/" in x["path"] and x["body"]
+    )
+    twice = [v for v, k in applied.items() if k > 1]
+    assert twice == [], f"applied more than once: {twice[:5]}"
+    missing = [v for v in acked_ok if applied[v] != 1]
+    assert missing == [], f"acked ok but not applied exactly once: {missing[:5]}"
+    for user, stream in seen.items():
+        for (e1, s1), (e2, s2) in zip(stream, stream[1:], strict=False):
+            assert e1 != e2 or s2 > s1, f"{user}: seq {s2} after {s1} in epoch {e1}"
+    metrics = {
+        name: sum(s.value for f in stack.bridge_server.app[METRICS].registry.collect()
+                  for s in f.samples if s.name == name)
+        for name in ("bridge_upstream_retries_total", "bridge_dedupe_hits_total")
+    }  # fmt: skip
+    resumes = sum(c.reconnect_attempts for c in clients)
+    print(
+        f"\nchaos: {CLIENTS} clients, {SECONDS:g}s: sent {counts['sent']}, acked ok {counts['acked']}, "
+        f"failed {counts['failed']}, applied {sum(applied.values())}, killed {counts['killed']}, "
+        f"switched {counts['switched']}, reconnects {resumes}, restarts {counts['restarts']}, "
+        f"faults injected {backend.faults_injected}, retries (new instance) "
+        f"{metrics['bridge_upstream_retries_total']:.0f}, de-dupe hits (new instance) "
+        f"{metrics['bridge_dedupe_hits_total']:.0f}"
+    )
+    assert counts["acked"] > CLIENTS and counts["killed"] > 0 and backend.faults_injected > 0
+    for c in clients:
+        await c.close()
+
