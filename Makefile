@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: demo test lint bench bench-smoke chaos check-config schema clean system-deps
+.PHONY: demo test lint bench bench-smoke chaos soak check-config schema clean system-deps
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -53,6 +53,10 @@ bench-smoke: $(STAMP)
 # The chaos test at a larger scale than CI's (120 clients, 60 s).
 chaos: $(STAMP)
 	CHAOS_CLIENTS=120 CHAOS_SECONDS=60 $(PY) -m pytest -q -s tests/chaos -p no:cacheprovider
+
+# The leak soak at a larger scale than CI's (30,000 cycles).
+soak: $(STAMP)
+	SOAK_CYCLES=30000 $(PY) -m pytest -q -s tests/soak -p no:cacheprovider
 
 schema: $(STAMP)
 	$(VENV)/bin/session-bridge schema --output config/bridge.schema.json

@@ -11,6 +11,7 @@ Answers never include resume tokens or forwarded headers.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import time
 from typing import Any
@@ -88,6 +89,7 @@ async def sessions(request: web.Request) -> web.Response:
         {
             "sessions": [_summary(s) for s in bridge.sessions.values()],
             "connections": len(bridge.connections),
+            "tasks": len(asyncio.all_tasks()),
             "breaker": bridge.upstream.breaker_state(),
             "draining": bridge.closing,
         }

@@ -130,4 +130,3 @@ async def test_chaos(make_stack):
     assert counts["acked"] > CLIENTS and counts["killed"] > 0 and backend.faults_injected > 0
     for c in clients:
         await c.close()
-
