@@ -446,6 +446,10 @@ class Bridge:
             fut.set_exception(exc)
             fut.exception()  # retrieved: later waiters re-raise it themselves
             raise
+        except BaseException:  # cancelled (handshake timeout): waiters must not hang
+            fut.set_exception(JoinRefused(1013, "timeout", "join interrupted"))
+            fut.exception()
+            raise
         else:
             fut.set_result(None)
         finally:

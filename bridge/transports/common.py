@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -176,7 +177,14 @@ async def admit(
     origin, connect parameters, draining, limits, resume token, upstream join."""
     bridge = request.app[BRIDGE]
     cfg = bridge.cfg
-    admitted = await _admit(bridge, cfg, request, seq_param, last_seq_header)
+    try:
+        async with asyncio.timeout(cfg.limits.handshake_timeout):
+            admitted = await _admit(bridge, cfg, request, seq_param, last_seq_header)
+    except TimeoutError:
+        admitted = Refusal(1013, "timeout", "the handshake took too long", "handshake_timeout")
+        session = bridge.sessions.get(request.query.get("sessionId", ""))
+        if session is not None:
+            bridge.drop_if_idle(session)
     if isinstance(admitted, Refusal):
         bridge.metrics.connections_rejected.labels(transport, admitted.reason).inc()
     return admitted

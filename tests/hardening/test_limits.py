@@ -101,3 +101,22 @@ async def test_cors_only_for_listed_origins(make_stack):
         headers={"Origin": "https://anyone.example"},
     ) as r:  # fmt: skip
         assert r.status == 200 and "Access-Control-Allow-Origin" not in r.headers
+
+
+async def test_a_handshake_that_takes_too_long_is_refused(make_stack):
+    stack: Stack = await make_stack({"limits": {"handshake_timeout": "300ms"}})
+    async with stack.http.post(
+        stack.backend_server.make_url("/_demo/faults"), json={"stall": 2.0}
+    ) as r:
+        assert r.status == 200
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    c = await stack.connect("slow-join", "u1", expect_welcome=False)
+    assert await c.closed() == 1013
+    assert loop.time() - started < 1.5
+    async with stack.http.get(
+        stack.url("/api/poll"), params={"sessionId": "slow-join", "userId": "u2"}
+    ) as r:
+        assert r.status == 503 and (await r.json())["error"]["code"] == "timeout"
+    await asyncio.sleep(2.5)  # the stalled join ends; nothing of the session is left
+    assert "slow-join" not in stack.bridge.sessions
