@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -133,6 +134,47 @@ class ClientConnection:
         self.busy = False
         self.closed = False
         self.close_reason = close_reason
+
+
+class SendQueue:
+    """A connection's unsent messages, bounded in bytes.
+
+    Past the high-water mark (half the cap) a stream message replaces the queued
+    one of its type, if any: each is a whole snapshot, so only obsolete states are
+    dropped. Past the cap nothing more fits: the connection is to be closed (1013).
+    """
+
+    __slots__ = ("_items", "bytes", "cap")
+
+    def __init__(self, cap: int) -> None:
+        self._items: deque[tuple[str | None, bytes]] = deque()
+        self.bytes = 0
+        self.cap = cap
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def put(self, data: bytes, kind: str | None = None) -> tuple[bool, bool]:
+        """Queue ``data`` (``kind``: its stream type, None for other messages).
+        Returns (accepted, collapsed)."""
+        collapsed = False
+        if kind is not None and self.bytes + len(data) > self.cap // 2:
+            for i, (queued_kind, queued) in enumerate(self._items):
+                if queued_kind == kind:
+                    del self._items[i]
+                    self.bytes -= len(queued)
+                    collapsed = True
+                    break
+        if self.bytes + len(data) > self.cap:
+            return False, collapsed
+        self._items.append((kind, data))
+        self.bytes += len(data)
+        return True, collapsed
+
+    def get(self) -> bytes:
+        _, data = self._items.popleft()
+        self.bytes -= len(data)
+        return data
 
 
 #: HTTP statuses for the close codes a refused connection gets (protocol.md).

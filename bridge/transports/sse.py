@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import deque
 from collections.abc import Mapping
 
 from aiohttp import web
@@ -29,7 +28,15 @@ from ..protocol import sse
 from ..protocol.codecs import JSON
 from ..protocol.types import Message
 from ..runtime import Bridge
-from .common import BRIDGE, ClientConnection, Refusal, admit, cors_headers, transport_disabled
+from .common import (
+    BRIDGE,
+    ClientConnection,
+    Refusal,
+    SendQueue,
+    admit,
+    cors_headers,
+    transport_disabled,
+)
 
 log = logging.getLogger("bridge.transports.sse")
 
@@ -38,7 +45,7 @@ NO_LIBRARY_PINGS = 365 * 24 * 3600.0
 
 
 class SSEConnection(ClientConnection):
-    __slots__ = ("_bridge", "_queue", "_queued", "_cap", "_wake")
+    __slots__ = ("_bridge", "_queue", "_wake")
 
     transport = "sse"
     codec = JSON
@@ -61,20 +68,19 @@ class SSEConnection(ClientConnection):
             headers=headers, now=now,
         )  # fmt: skip
         self._bridge = bridge
-        self._queue: deque[bytes] = deque()
-        self._queued = 0
-        self._cap = bridge.cfg.limits.send_queue_bytes
+        self._queue = SendQueue(bridge.cfg.limits.send_queue_bytes)
         self._wake = asyncio.Event()
 
-    def _enqueue(self, data: bytes) -> bool:
+    def _enqueue(self, data: bytes, kind: str | None = None) -> bool:
         if self.closed:
             return False
-        if self._queued + len(data) > self._cap:
+        accepted, collapsed = self._queue.put(data, kind)
+        if collapsed:
+            self._bridge.metrics.slow_consumer_collapses.labels("sse").inc()
+        if not accepted:
             self._bridge.metrics.slow_consumer_closes.labels("sse").inc()
             self.close(1013, "slow consumer: send queue full", "slow_consumer")
             return False
-        self._queue.append(data)
-        self._queued += len(data)
         self._wake.set()
         return True
 
@@ -85,7 +91,7 @@ class SSEConnection(ClientConnection):
             self.deliver(entry)
 
     def deliver(self, entry: Entry) -> bool:
-        return self._enqueue(entry.sse_event())
+        return self._enqueue(entry.sse_event(), entry.type)
 
     def send(self, message: Message) -> None:
         self._enqueue(sse.event(str(message["type"]), JSON.encode(message)))
@@ -103,8 +109,7 @@ class SSEConnection(ClientConnection):
             await self._wake.wait()
             self._wake.clear()
             while self._queue:
-                data = self._queue.popleft()
-                self._queued -= len(data)
+                data = self._queue.get()
                 try:
                     await resp.write(data)
                 except (ConnectionError, RuntimeError):

@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import deque
 from collections.abc import Mapping
 
 from aiohttp import WSMsgType, web
@@ -25,7 +24,15 @@ from ..protocol.codecs import JSON, SUBPROTOCOLS, Codec
 from ..protocol.frames import OP_BINARY, OP_TEXT, frame
 from ..protocol.types import Message
 from ..runtime import Bridge
-from .common import BRIDGE, ClientConnection, Refusal, admit, json_error, transport_disabled
+from .common import (
+    BRIDGE,
+    ClientConnection,
+    Refusal,
+    SendQueue,
+    admit,
+    json_error,
+    transport_disabled,
+)
 
 log = logging.getLogger("bridge.transports.websocket")
 
@@ -35,7 +42,7 @@ FLUSH_CHECK = 0.05  # seconds between looks at a slow consumer's socket
 
 class WebSocketConnection(ClientConnection):
     __slots__ = (
-        "ws", "codec", "_bridge", "_tr", "_direct", "_cap", "_queue", "_queued", "_drainer",
+        "ws", "codec", "_bridge", "_tr", "_direct", "_cap", "_queue", "_drainer",
         "_op", "_held", "_held_since",
     )  # fmt: skip
 
@@ -67,8 +74,7 @@ class WebSocketConnection(ClientConnection):
         self._tr = request.transport
         self._direct = not ws.compress and self._tr is not None
         self._cap = bridge.cfg.limits.send_queue_bytes
-        self._queue: deque[bytes] = deque()
-        self._queued = 0
+        self._queue = SendQueue(self._cap)
         self._drainer: asyncio.Task[None] | None = None
         self._op = OP_BINARY if codec.binary else OP_TEXT
         self._held: dict[str, Entry] | None = None
@@ -86,12 +92,13 @@ class WebSocketConnection(ClientConnection):
         tr.write(data)
         return True
 
-    def _enqueue(self, payload: bytes) -> bool:
-        if self._queued + len(payload) > self._cap:
+    def _enqueue(self, payload: bytes, kind: str | None = None) -> bool:
+        accepted, collapsed = self._queue.put(payload, kind)
+        if collapsed:
+            self._bridge.metrics.slow_consumer_collapses.labels("websocket").inc()
+        if not accepted:
             self._slow()
             return False
-        self._queue.append(payload)
-        self._queued += len(payload)
         if self._drainer is None:
             self._drainer = asyncio.get_running_loop().create_task(self._drain())
         return True
@@ -99,8 +106,7 @@ class WebSocketConnection(ClientConnection):
     async def _drain(self) -> None:
         try:
             while self._queue:
-                payload = self._queue.popleft()
-                self._queued -= len(payload)
+                payload = self._queue.get()
                 await self.ws.send_frame(payload, WSMsgType(self._op))
         except (ConnectionError, RuntimeError):
             self.closed = True
@@ -132,7 +138,7 @@ class WebSocketConnection(ClientConnection):
                 self._bridge.schedule(("flush", self), now + FLUSH_CHECK)
                 return self._hold(entry)
             return self._write_frame(entry.ws_frame(self.codec))
-        return self._enqueue(entry.encoded(self.codec))
+        return self._enqueue(entry.encoded(self.codec), entry.type)
 
     def _hold(self, entry: Entry) -> bool:
         assert self._held is not None

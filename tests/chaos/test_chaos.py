@@ -42,6 +42,7 @@ async def test_chaos(make_stack):
     ) as r:
         assert r.status == 200
     clients: list[BridgeClient] = []
+    counts: Counter[str] = Counter()
     seen: dict[str, list[tuple[str | None, int]]] = {}
     for i in range(CLIENTS):
         c = BridgeClient(base, f"chaos{i % SESSIONS}", f"u{i}", http=stack.http, poll_wait=1,
@@ -49,9 +50,9 @@ async def test_chaos(make_stack):
         seen[c.user_id] = []
         c.on_session = lambda state, seq, c=c: seen[c.user_id].append((c.epoch, seq))
         c.on_presence = lambda online, seq, c=c: seen[c.user_id].append((c.epoch, seq))
+        c.on_connect = lambda w: counts.update(["resumed" if w.get("resumed") else "reset"])
         clients.append(c)
     await asyncio.gather(*(c.connect(timeout=30) for c in clients))
-    counts: Counter[str] = Counter()
     acked_ok: set[str] = set()
     calm = asyncio.Event()  # no connection kills around the restart
     calm.set()
@@ -118,11 +119,11 @@ async def test_chaos(make_stack):
                   for s in f.samples if s.name == name)
         for name in ("bridge_upstream_retries_total", "bridge_dedupe_hits_total")
     }  # fmt: skip
-    resumes = sum(c.reconnect_attempts for c in clients)
     print(
         f"\nchaos: {CLIENTS} clients, {SECONDS:g}s: sent {counts['sent']}, acked ok {counts['acked']}, "
         f"failed {counts['failed']}, applied {sum(applied.values())}, killed {counts['killed']}, "
-        f"switched {counts['switched']}, reconnects {resumes}, restarts {counts['restarts']}, "
+        f"switched {counts['switched']}, resumed {counts['resumed']}, reset {counts['reset']}, "
+        f"restarts {counts['restarts']}, "
         f"faults injected {backend.faults_injected}, retries (new instance) "
         f"{metrics['bridge_upstream_retries_total']:.0f}, de-dupe hits (new instance) "
         f"{metrics['bridge_dedupe_hits_total']:.0f}"
