@@ -195,8 +195,14 @@ def make_app(
     app = web.Application(
         client_max_size=max(cfg.limits.max_message_bytes, 1024 * 1024),
         middlewares=[edge_middleware],
-        # Bodies are inflated by read_body, within the size cap; not by aiohttp.
-        handler_args={"auto_decompress": False},
+        handler_args={
+            # Bodies are inflated by read_body, within the size cap; not by aiohttp.
+            "auto_decompress": False,
+            # A connection that has not sent a whole request (slow or no headers:
+            # slowloris) within the handshake timeout is closed; so is one idle that
+            # long between requests. Running handlers (WebSocket, SSE, polls) are not.
+            "keepalive_timeout": cfg.limits.handshake_timeout,
+        },
     )
     app[CONFIG] = cfg
     if reload_from is not None:

@@ -120,3 +120,18 @@ async def test_a_handshake_that_takes_too_long_is_refused(make_stack):
         assert r.status == 503 and (await r.json())["error"]["code"] == "timeout"
     await asyncio.sleep(2.5)  # the stalled join ends; nothing of the session is left
     assert "slow-join" not in stack.bridge.sessions
+
+
+async def test_slow_headers_are_cut_at_the_handshake_timeout(make_stack):
+    stack: Stack = await make_stack({"limits": {"handshake_timeout": "500ms"}})
+    loop = asyncio.get_running_loop()
+    reader, writer = await asyncio.open_connection("127.0.0.1", stack.bridge_server.port)
+    writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # ... and the rest never comes
+    started = loop.time()
+    assert await asyncio.wait_for(reader.read(), 5) == b"", "closed by the bridge"
+    assert 0.4 < loop.time() - started < 2.5
+    writer.close()
+    # long-lived connections are not affected: a WebSocket idles past the timeout
+    c = await stack.connect("ok", "u1")
+    await asyncio.sleep(1.0)
+    assert (await c.command("vote", {"vote": "1"}))["status"] == "ok"
