@@ -105,6 +105,18 @@ def client_ip(request: web.Request, trusted: tuple[str, ...] = ()) -> str:
     return ip
 
 
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """Who a connection is: its client, session and user, and what its upstream
+    requests are templated and sent with (connect parameters, forwarded headers)."""
+
+    client_id: str
+    session_id: str
+    user_id: str
+    params: Mapping[str, str]
+    headers: Mapping[str, str]
+
+
 class ClientConnection:
     """What every transport's connection holds: the fields of the runtime's
     Connection protocol. Subclasses add how they write (and their own slots)."""
@@ -114,22 +126,12 @@ class ClientConnection:
         "closed", "close_reason",
     )  # fmt: skip
 
-    def __init__(
-        self,
-        *,
-        client_id: str,
-        session_id: str,
-        user_id: str,
-        params: Mapping[str, str],
-        headers: Mapping[str, str],
-        now: float,
-        close_reason: str = "client",
-    ) -> None:
-        self.client_id = client_id
-        self.session_id = session_id
-        self.user_id = user_id
-        self.params = params
-        self.headers = headers
+    def __init__(self, who: Identity, now: float, close_reason: str = "client") -> None:
+        self.client_id = who.client_id
+        self.session_id = who.session_id
+        self.user_id = who.user_id
+        self.params = who.params
+        self.headers = who.headers
         self.last_rx = now
         self.busy = False
         self.closed = False
@@ -206,6 +208,11 @@ class Admitted:
     client_id: str
     by_token: bool
     ip: str
+
+    @property
+    def who(self) -> Identity:
+        req = self.req
+        return Identity(self.client_id, req.session_id, req.user_id, req.params, req.headers)
 
 
 async def admit(

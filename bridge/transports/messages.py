@@ -14,7 +14,6 @@ client's stream and needs no answer.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
 from typing import Any
 
 from aiohttp import web
@@ -24,7 +23,7 @@ from ..exceptions import BadMessage, ProtocolError
 from ..protocol import tokens
 from ..protocol.codecs import Codec, decode_batch
 from ..protocol.types import RESERVED_PARAMS, Message
-from .common import BRIDGE, ClientConnection, json_error, origin_allowed
+from .common import BRIDGE, ClientConnection, Identity, json_error, origin_allowed
 from .http import (
     BodyTooBig,
     BodyUnreadable,
@@ -48,12 +47,8 @@ class Collector(ClientConnection):
     sends_pings = False
     rx_timeout = False
 
-    def __init__(self, client_id: str, session_id: str, user_id: str, codec: Codec,
-                 params: Mapping[str, str], headers: Mapping[str, str]) -> None:  # fmt: skip
-        super().__init__(
-            client_id=client_id, session_id=session_id, user_id=user_id, params=params,
-            headers=headers, now=time.monotonic(),
-        )  # fmt: skip
+    def __init__(self, who: Identity, codec: Codec) -> None:
+        super().__init__(who, time.monotonic())
         self.codec = codec
         self.sent: list[Message] = []
 
@@ -130,9 +125,8 @@ async def messages_handler(request: web.Request) -> web.StreamResponse:
             for name in cfg.upstream.forward_headers
             if name in request.headers
         }
-    collector = Collector(
-        claims.client_id, claims.session_id, claims.user_id, codec, params, headers
-    )
+    who = Identity(claims.client_id, claims.session_id, claims.user_id, params, headers)
+    collector = Collector(who, codec)
     acks: list[Any] = []
     for raw in batch:
         ack = await bridge.handle_message(collector, raw)

@@ -31,7 +31,6 @@ import asyncio
 import contextlib
 import time
 from collections import deque
-from collections.abc import Mapping
 
 from aiohttp import web
 
@@ -42,6 +41,7 @@ from ..runtime import Bridge, Session, parse_connect
 from .common import (
     BRIDGE,
     ClientConnection,
+    Identity,
     Refusal,
     admit,
     json_error,
@@ -62,21 +62,8 @@ class PollConnection(ClientConnection):
     sends_pings = False  # every poll is an exchange; nothing to ping
     rx_timeout = True  # no poll for heartbeat.timeout ends the transport
 
-    def __init__(
-        self,
-        bridge: Bridge,
-        *,
-        client_id: str,
-        session_id: str,
-        user_id: str,
-        params: Mapping[str, str],
-        headers: Mapping[str, str],
-        now: float,
-    ) -> None:
-        super().__init__(
-            client_id=client_id, session_id=session_id, user_id=user_id, params=params,
-            headers=headers, now=now, close_reason="timeout",
-        )  # fmt: skip
+    def __init__(self, bridge: Bridge, who: Identity, now: float) -> None:
+        super().__init__(who, now, close_reason="timeout")
         self.lingering = False
         self._bridge = bridge
         self._control: deque[Message] = deque(maxlen=MAX_CONTROL)
@@ -216,11 +203,7 @@ async def poll_handler(request: web.Request) -> web.StreamResponse:
         if isinstance(admitted, Refusal):
             return admitted.response(cfg.reconnect.initial)
         req, session = admitted.req, admitted.session
-        conn = PollConnection(
-            bridge,
-            client_id=admitted.client_id, session_id=req.session_id, user_id=req.user_id,
-            params=req.params, headers=req.headers, now=time.monotonic(),
-        )  # fmt: skip
+        conn = PollConnection(bridge, admitted.who, time.monotonic())
         bridge.attach(session, conn, req, admitted.by_token, admitted.ip)
         bridge.watch(conn)
         wait = 0.0  # the first poll answers at once with its welcome

@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping
 
 from aiohttp import web
 from aiohttp_sse import EventSourceResponse
@@ -31,6 +30,7 @@ from ..runtime import Bridge
 from .common import (
     BRIDGE,
     ClientConnection,
+    Identity,
     Refusal,
     SendQueue,
     admit,
@@ -52,21 +52,8 @@ class SSEConnection(ClientConnection):
     sends_pings = True
     rx_timeout = False  # the client speaks over POST; a failed write ends the stream
 
-    def __init__(
-        self,
-        bridge: Bridge,
-        *,
-        client_id: str,
-        session_id: str,
-        user_id: str,
-        params: Mapping[str, str],
-        headers: Mapping[str, str],
-        now: float,
-    ) -> None:
-        super().__init__(
-            client_id=client_id, session_id=session_id, user_id=user_id, params=params,
-            headers=headers, now=now,
-        )  # fmt: skip
+    def __init__(self, bridge: Bridge, who: Identity, now: float) -> None:
+        super().__init__(who, now)
         self._bridge = bridge
         self._queue = SendQueue(bridge.cfg.limits.send_queue_bytes)
         self._wake = asyncio.Event()
@@ -129,11 +116,7 @@ async def events_handler(request: web.Request) -> web.StreamResponse:
     if isinstance(admitted, Refusal):
         return admitted.response(bridge.cfg.reconnect.initial)
     req = admitted.req
-    conn = SSEConnection(
-        bridge,
-        client_id=admitted.client_id, session_id=req.session_id, user_id=req.user_id,
-        params=req.params, headers=req.headers, now=time.monotonic(),
-    )  # fmt: skip
+    conn = SSEConnection(bridge, admitted.who, time.monotonic())
     resp = EventSourceResponse(
         ping_interval=NO_LIBRARY_PINGS,
         sep="\n",

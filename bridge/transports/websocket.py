@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Mapping
 
 from aiohttp import WSMsgType, web
 
@@ -27,6 +26,7 @@ from ..runtime import Bridge
 from .common import (
     BRIDGE,
     ClientConnection,
+    Identity,
     Refusal,
     SendQueue,
     admit,
@@ -55,19 +55,11 @@ class WebSocketConnection(ClientConnection):
         ws: web.WebSocketResponse,
         request: web.Request,
         bridge: Bridge,
-        *,
-        client_id: str,
-        session_id: str,
-        user_id: str,
+        who: Identity,
         codec: Codec,
-        params: Mapping[str, str],
-        headers: Mapping[str, str],
         now: float,
     ) -> None:
-        super().__init__(
-            client_id=client_id, session_id=session_id, user_id=user_id, params=params,
-            headers=headers, now=now,
-        )  # fmt: skip
+        super().__init__(who, now)
         self.ws = ws
         self.codec = codec
         self._bridge = bridge
@@ -222,13 +214,9 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
         # Browsers cannot read an HTTP status on a failed upgrade: refuse with a close code.
         await ws.close(code=admitted.close_code, message=admitted.message.encode()[:120])
         return ws
-    req, session, client_id = admitted.req, admitted.session, admitted.client_id
+    req, session = admitted.req, admitted.session
     codec = SUBPROTOCOLS.get(ws.ws_protocol or "", JSON)
-    conn = WebSocketConnection(
-        ws, request, bridge,
-        client_id=client_id, session_id=req.session_id, user_id=req.user_id, codec=codec,
-        params=req.params, headers=req.headers, now=time.monotonic(),
-    )  # fmt: skip
+    conn = WebSocketConnection(ws, request, bridge, admitted.who, codec, time.monotonic())
     bridge.attach(session, conn, req, admitted.by_token, admitted.ip)
     bridge.watch(conn)
     try:
