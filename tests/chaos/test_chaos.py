@@ -25,6 +25,8 @@ SESSIONS = 3
 TRANSPORTS = ["websocket", "sse", "poll"]
 CONFIG = {
     "presence": {"grace": "60s"},
+    # a silent transport is noticed in seconds (by both ends), not in a minute
+    "heartbeat": {"interval": "1s", "timeout": "3s"},
     "reconnect": {"initial": "100ms", "max": "800ms", "upgrade_interval": "1s"},
     "upstream": {"retry": {"attempts": 4, "initial": "20ms", "max": "200ms"},
                  "breaker": {"failures": 1000, "recovery": "300ms"}, "timeout": "2s"},
@@ -72,6 +74,11 @@ async def test_chaos(make_stack):
                     counts["acked"] += 1
             except ClientError:
                 counts["failed"] += 1
+            except TimeoutError:
+                raise AssertionError(
+                    f"{value} not acked in 30 s: {c.get_state()}, transports {c.transports}, "
+                    f"fatal {c._fatal!r}, last received {c.received[-3:]}"
+                ) from None
             roll = rng.random()
             if roll < 0.08 and calm.is_set() and c._active is not None:
                 counts["killed"] += 1
