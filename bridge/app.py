@@ -22,7 +22,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from .admin import add_admin_routes
 from .config import Config, load_config
-from .exceptions import ConfigError
+from .exceptions import BackplaneUnavailable, ConfigError
 from .metrics import Metrics
 from .protocol.types import valid_id
 from .runtime import Bridge
@@ -53,6 +53,7 @@ async def _runtime_ctx(app: web.Application) -> AsyncIterator[None]:
         bridge = Bridge(cfg, upstream, app[METRICS])
         app[BRIDGE] = bridge
         bridge.start()
+        await bridge.start_backplane()
         source = app.get(RELOAD)
         loop = asyncio.get_running_loop()
         if source is not None:
@@ -117,13 +118,16 @@ async def ready(request: web.Request) -> web.Response:
     bridge = request.app.get(BRIDGE)
     if bridge is None or bridge.closing:
         return web.json_response({"status": "draining"}, status=503)
+    backplane = bridge.backplane.status()
     return web.json_response(
         {
-            "status": "ready",
+            "status": "ready" if backplane["healthy"] else "backplane_unavailable",
             "sessions": len(bridge.sessions),
             "connections": len(bridge.connections),
             "upstream": {"breaker": bridge.upstream.breaker_state()},
-        }
+            "backplane": backplane,
+        },
+        status=200 if backplane["healthy"] else 503,
     )
 
 
@@ -160,11 +164,20 @@ async def push(request: web.Request) -> web.Response:
         return json_error(400, "bad_request", "sessionId must be 1-128 of [A-Za-z0-9._:@-]")
     bridge = request.app[BRIDGE]
     session = bridge.sessions.get(str(session_id))
-    if session is None:
+    try:
+        if session is not None:
+            seq = await bridge.publish_state(session, body["state"], "push", time.monotonic())
+            live = True
+        else:  # served by another instance, or by nobody
+            live, seq = await bridge.backplane.push_elsewhere(str(session_id), body["state"])
+    except BackplaneUnavailable as exc:
+        return json_error(503, "backplane_unavailable", f"the state was not published: {exc}")
+    if not live:
         return web.json_response({"accepted": True, "live": False}, status=202)
-    changed = bridge.publish_state(session, body["state"], "push", time.monotonic())
+    if session is not None and seq is None:
+        seq = session.hub.log.head
     return web.json_response(
-        {"accepted": True, "live": True, "changed": changed, "seq": session.hub.log.head},
+        {"accepted": True, "live": True, "changed": seq is not None and seq > 0, "seq": seq},
         status=202,
     )
 

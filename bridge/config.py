@@ -268,9 +268,37 @@ class Shutdown:
 
 
 @dataclass(frozen=True)
+class RedisTLS:
+    """Client TLS for ``rediss://`` URLs (files are PEM)."""
+
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    verify: bool = True
+
+
+@dataclass(frozen=True)
+class Sentinel:
+    """Find the Redis master through Sentinel instead of ``url``'s host."""
+
+    hosts: tuple[str, ...] = ()
+    service: str = "mymaster"
+    password: str = ""
+
+
+@dataclass(frozen=True)
 class Backplane:
     kind: Literal["memory", "redis"] = "memory"
+    #: redis://[user:password@]host:port/db, or rediss:// for TLS
     url: str = "redis://127.0.0.1:6379/0"
+    #: every key and channel starts with this (several bridges may share one Redis)
+    prefix: str = "bridge"
+    #: a session's poller and keep-alives run on the instance holding its lease
+    lease: PositiveDuration = 5.0
+    pool_size: Count = 64
+    connect_timeout: PositiveDuration = 2.0
+    tls: RedisTLS | None = None
+    sentinel: Sentinel | None = None
 
 
 @dataclass(frozen=True)
@@ -552,8 +580,26 @@ def _check_semantics(cfg: Config, problems: list[str]) -> None:
         problems.append("upstream.push.secret: required when upstream.push is set")
     if not any(dataclasses.asdict(cfg.transports).values()):
         problems.append("transports: at least one of websocket, sse, poll must be enabled")
-    if cfg.backplane.kind == "redis":
-        problems.append("backplane.kind: 'redis' is not available in this version; use 'memory'")
+    bp = cfg.backplane
+    if bp.kind == "redis":
+        if not bp.url.startswith(("redis://", "rediss://", "unix://")):
+            problems.append(
+                f"backplane.url: must start with redis://, rediss:// or unix://, got {bp.url!r}"
+            )
+        if bp.tls is not None and not bp.url.startswith("rediss://"):
+            problems.append("backplane.tls: needs a rediss:// url")
+        if not re.fullmatch(r"[A-Za-z0-9_.:-]{1,64}", bp.prefix):
+            problems.append("backplane.prefix: 1-64 characters of [A-Za-z0-9_.:-]")
+        if bp.lease < 0.5:
+            problems.append(f"backplane.lease: must be at least 500ms, got {bp.lease}s")
+        if bp.sentinel is not None:
+            if not bp.sentinel.hosts:
+                problems.append("backplane.sentinel.hosts: list at least one host:port")
+            for i, host in enumerate(bp.sentinel.hosts):
+                if not re.fullmatch(r"[^:\s]+:\d{1,5}", host):
+                    problems.append(
+                        f"backplane.sentinel.hosts[{i}]: expected host:port, got {host!r}"
+                    )
 
 
 def config_from_dict(data: Any, env: Mapping[str, str] | None = None) -> Config:

@@ -10,6 +10,7 @@
     │   ├── BadRequest                           sessionId/userId/lastSeq malformed (4400 / 400)
     │   ├── Unauthorized                         forged, expired or foreign token (4401 / 401)
     │   └── Forbidden                            another session's or user's id (forbidden)
+    ├── BackplaneUnavailable                     Redis (the shared backplane) cannot be reached
     └── UpstreamError                            the legacy app failed a request
         ├── UpstreamRejected                     it answered 4xx (error code upstream_rejected)
         ├── UpstreamFailed                       5xx after the allowed retries (upstream_error)
@@ -108,6 +109,12 @@ class Forbidden(ProtocolError):
     code = "forbidden"
     close_code = 1008
     status = 403
+
+
+class BackplaneUnavailable(BridgeError):
+    """The shared backplane cannot be reached; callers degrade (docs/scaling.md)."""
+
+    code = "backplane_unavailable"
 
 
 class UpstreamError(BridgeError):

@@ -172,3 +172,26 @@ class Metrics:
             ["transport"],
             registry=r,
         )
+        self.backplane_up = Gauge(
+            "bridge_backplane_up",
+            "1 while the shared backplane (Redis) is reachable; always 1 for memory.",
+            registry=r,
+        )
+        self.backplane_up.set(1)
+        self.backplane_errors = Counter(
+            "bridge_backplane_errors",
+            "Backplane operations that failed (Redis unreachable or erroring).",
+            ["op"],
+            registry=r,
+        )
+        self.backplane_leases = Gauge(
+            "bridge_backplane_leases",
+            "Session leases this instance holds (it polls and keeps alive those sessions).",
+            registry=r,
+        )
+        self.backplane_resyncs = Counter(
+            "bridge_backplane_resyncs",
+            "Session logs reloaded from Redis (new epoch, or a hole), clients asked to resume.",
+            ["reason"],
+            registry=r,
+        )

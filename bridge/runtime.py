@@ -27,13 +27,15 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from .backplane import Backplane, make_backplane
 from .config import Config
 from .core.dedupe import Done, Pending
 from .core.hub import HubSettings, SessionHub
 from .core.ratelimit import TokenBucket
-from .core.replay import Entry, Reset
+from .core.replay import Entry, ReplayLog, Reset
 from .core.timers import TimerQueue
 from .exceptions import (
+    BackplaneUnavailable,
     BadRequest,
     CircuitOpen,
     ProtocolError,
@@ -218,26 +220,37 @@ class Bridge:
         self._waiter: asyncio.Future[None] | None = None
         self._sleep_until: float | None = None
         self._ticker: asyncio.Task[None] | None = None
-        self._hub_settings = self._settings_for(cfg)
         self._command_names = frozenset(cfg.upstream.commands)
         self._pongs_in = metrics.messages.labels("in", "pong", "json")
         self.closing = False
         self.drained = False
+        self.backplane: Backplane = make_backplane(self)
+        self._hub_settings = self._settings_for(cfg)
 
-    @staticmethod
-    def _settings_for(cfg: Config) -> HubSettings:
+    def _settings_for(self, cfg: Config) -> HubSettings:
+        shared = self.backplane.shared
+        keepalive = cfg.upstream.keepalive
         return HubSettings(
             max_messages=cfg.replay.max_messages,
             max_bytes=cfg.replay.max_bytes,
             max_age=cfg.replay.max_age,
             grace=cfg.presence.grace,
-            keepalive=cfg.upstream.keepalive.every if cfg.upstream.keepalive else None,
+            # shared: the lease holder keeps users alive, from the backplane's presence
+            keepalive=None if shared or keepalive is None else keepalive.every,
             dedupe_window=cfg.dedupe.window,
+            mirror=shared,
         )
+
+    @staticmethod
+    def clock() -> float:
+        return time.monotonic()
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
         self._ticker = asyncio.get_running_loop().create_task(self._tick_loop())
+
+    async def start_backplane(self) -> None:
+        await self.backplane.start()
 
     async def drain(self, timeout: float) -> None:
         """Graceful stop (SIGTERM), within ``timeout``:
@@ -314,6 +327,7 @@ class Bridge:
             self._ticker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._ticker
+        await self.backplane.stop()
 
     # ------------------------------------------------------------------ timers
     def schedule(self, key: tuple[str, Any], when: float) -> None:
@@ -416,7 +430,8 @@ class Bridge:
     async def ensure_joined(
         self, session: Session, user_id: str, client_id: str, req: ConnectRequest
     ) -> None:
-        """Send the upstream ``join`` for a user's first client. Raises JoinRefused."""
+        """Send the upstream ``join`` for a user's first client (on any instance,
+        with a shared backplane). Raises JoinRefused."""
         if not session.hub.needs_join(user_id):
             return
         pending = session.joining.get(user_id)
@@ -424,14 +439,22 @@ class Bridge:
             await asyncio.shield(pending)
             return
         route = self.cfg.upstream.commands.get("join")
-        if route is None:
-            return
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         session.joining[user_id] = fut
+        claimed = False
         try:
+            context = {"client": client_id, "params": req.params, "headers": req.headers}
+            try:
+                claimed = await self.backplane.claim_user(session, user_id, context)
+            except BackplaneUnavailable as exc:
+                raise JoinRefused(1013, exc.code, str(exc)) from None
+            if not claimed:  # present through another instance: no second join
+                fut.set_result(None)
+                return
             ctx = self._ctx(session.id, user_id, client_id, req.params, {})
             try:
-                await self.upstream.request("join", route, ctx, req.headers)
+                if route is not None:
+                    await self.upstream.request("join", route, ctx, req.headers)
             except MissingValue as exc:
                 raise JoinRefused(4400, "bad_request", f"join: {exc}") from None
             except UpstreamRejected as exc:
@@ -443,15 +466,23 @@ class Bridge:
             except UpstreamError as exc:
                 raise JoinRefused(1013, exc.code, exc.message) from None
         except JoinRefused as exc:
+            if claimed:
+                await self.backplane.unclaim_user(session, user_id)
             fut.set_exception(exc)
             fut.exception()  # retrieved: later waiters re-raise it themselves
             raise
         except BaseException:  # cancelled (handshake timeout): waiters must not hang
-            fut.set_exception(JoinRefused(1013, "timeout", "join interrupted"))
-            fut.exception()
+            if claimed:
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(self.backplane.unclaim_user(session, user_id))
+            if not fut.done():
+                fut.set_exception(JoinRefused(1013, "timeout", "join interrupted"))
+                fut.exception()
             raise
         else:
-            fut.set_result(None)
+            if not fut.done():
+                await self.backplane.joined(session, user_id)
+                fut.set_result(None)
         finally:
             session.joining.pop(user_id, None)
 
@@ -491,8 +522,7 @@ class Bridge:
         if attached.presence is not None:
             self.broadcast(session, attached.presence)
         self._update_gauges()
-        if session.poller is None or session.poller.done():
-            session.poller = asyncio.get_running_loop().create_task(self._poll_loop(session))
+        self._start_poller(session)
         self._schedule_session(session)
         if self.cfg.logging.debug:
             log.info(
@@ -566,14 +596,45 @@ class Bridge:
             session.evictions_seen += evicted
             self.metrics.replay_evictions.inc(evicted)
 
-    def publish_state(self, session: Session, payload: Any, source: str, seen_at: float) -> bool:
-        """New state from a poll or a push; broadcast it if it changed."""
-        entry = session.hub.state(payload, seen_at)
-        if entry is None:
-            return False
-        self.metrics.state_changes.labels(source).inc()
-        self.broadcast(session, entry, seen_at)
-        return True
+    async def publish_state(
+        self, session: Session, payload: Any, source: str, seen_at: float
+    ) -> int | None:
+        """New state from a poll or a push: its seq when it changed (broadcast here,
+        or through the backplane to every instance), else None.
+        Raises BackplaneUnavailable."""
+        seq = await self.backplane.publish_state(session, payload, seen_at)
+        if seq is not None:
+            self.metrics.state_changes.labels(source).inc()
+        return seq
+
+    # ------------------------------------------------------------------ backplane hooks
+    def replace_log(self, session: Session, log_: ReplayLog) -> None:
+        """A mirror loaded from the shared backplane."""
+        session.hub.replace_log(log_)
+        session.evictions_seen = log_.evictions
+
+    def ask_to_resume(self, session: Session, reason: str) -> None:
+        """The session's log changed under its clients here (a new epoch): they
+        reconnect and resume, which gives them a reset and the latest state."""
+        notice = m.reconnect(0.2 + secrets.randbelow(800) / 1000, reason)
+        for conn in list(session.conns.values()):
+            conn.send(notice)
+            conn.close(1012, "session log reloaded", "resync")
+
+    def ownership_changed(self, session: Session, owned: bool) -> None:
+        """The lease holder polls the upstream for the session; others do not."""
+        if owned:
+            session.etag = session.last_modified = None  # fetch the whole state once
+            self._start_poller(session)
+        elif session.poller is not None:
+            session.poller.cancel()
+            session.poller = None
+
+    def _start_poller(self, session: Session) -> None:
+        if not self.backplane.owns(session):
+            return
+        if session.poller is None or session.poller.done():
+            session.poller = asyncio.get_running_loop().create_task(self._poll_loop(session))
 
     # ------------------------------------------------------------------ inbound
     async def receive(self, conn: Connection, data: bytes | str) -> None:
@@ -641,7 +702,7 @@ class Bridge:
                 conn.send(m.error(ack["error"]["code"], ack["error"]["message"]))
             return None
         key = (conn.user_id, cmd.id)
-        state = session.hub.command(conn.user_id, cmd.id, time.monotonic())
+        state = await self.backplane.begin_command(session, conn.user_id, cmd.id, time.monotonic())
         if isinstance(state, Done | Pending):
             # A repeat (same user, same id): answered with the original ack, once known.
             self.metrics.dedupe_hits.inc()
@@ -654,15 +715,17 @@ class Bridge:
             try:
                 ack = await self._forward(session, conn, cmd, route)
             except BaseException:  # cancelled (shutdown): the outcome is unknown
-                session.hub.command_abandoned(conn.user_id, cmd.id)
+                self.backplane.abandon_command(session, conn.user_id, cmd.id)
                 fut.set_result(
                     m.ack_error(cmd.id, "upstream_unavailable", "interrupted; send it again")
                 )
                 raise
             finally:
                 session.pending.pop(key, None)
-            session.hub.command_done(conn.user_id, cmd.id, ack, time.monotonic())
             fut.set_result(ack)
+            await self.backplane.finish_command(
+                session, conn.user_id, cmd.id, ack, time.monotonic()
+            )
         if not conn.closed:
             conn.send(ack)
         return ack
@@ -689,9 +752,7 @@ class Bridge:
             conn.last_rx = time.monotonic()
             self.drop_if_idle(session)
         if cmd.type == "leave":
-            entry = session.hub.leave(conn.user_id, time.monotonic())
-            if entry is not None:
-                self.broadcast(session, entry)
+            await self.backplane.left(session, conn.user_id)
             self._schedule_session(session)
         session.refresh.set()
         return m.ack_ok(cid)
@@ -784,7 +845,11 @@ class Bridge:
         for user in tick.keepalive:
             self._spawn(session, self._keepalive(session, user))
         for user in tick.left:
-            self._spawn(session, self._leave(session, user))
+            if self.backplane.shared:  # the lease holder sends it, once for all instances
+                if not session.hub.presence.is_present(user):
+                    session.users.pop(user, None)
+            else:
+                self._spawn(session, self._leave(session, user))
         if tick.presence is not None:
             self.broadcast(session, tick.presence)
         self._schedule_session(session)
@@ -800,8 +865,37 @@ class Bridge:
 
         task.add_done_callback(done)
 
-    async def _user_request(self, session: Session, user: str, name: str, route: Any) -> None:
-        ctx_user = session.users.get(user)
+    async def user_request(
+        self, session: Session, user: str, name: str, stored: Mapping[str, Any] | None
+    ) -> None:
+        """A keep-alive or leave for a user the backplane says is (or was) present,
+        with the context stored when they joined (or the local one)."""
+        route: Any = self.cfg.upstream.keepalive
+        if name == "leave":
+            route = self.cfg.upstream.commands.get("leave")
+            session.refresh.set()
+        if route is None:
+            return
+        if stored is None:
+            await self._user_request(session, user, name, route)
+            return
+        params = stored.get("params")
+        headers = stored.get("headers")
+        await self._user_request(
+            session, user, name, route,
+            _UserContext(
+                str(stored.get("client", "")),
+                params if isinstance(params, dict) else {},
+                headers if isinstance(headers, dict) else {},
+            ),
+        )  # fmt: skip
+
+    async def _user_request(
+        self, session: Session, user: str, name: str, route: Any,
+        ctx_user: _UserContext | None = None,
+    ) -> None:  # fmt: skip
+        if ctx_user is None:
+            ctx_user = session.users.get(user)
         params: Mapping[str, str] = ctx_user.params if ctx_user else {}
         headers: Mapping[str, str] = ctx_user.headers if ctx_user else {}
         client = ctx_user.client_id if ctx_user else ""
@@ -836,18 +930,21 @@ class Bridge:
             and not session.joining
             and not session.background
             and self.sessions.get(session.id) is session
+            and not self.backplane.keep(session)
         ):
             del self.sessions[session.id]
             self.timers.cancel(("session", session.id))
             if session.poller is not None:
                 session.poller.cancel()
+            self.backplane.closed(session)
             self._update_gauges()
 
     # ------------------------------------------------------------------ upstream state
     async def _poll_loop(self, session: Session) -> None:
-        """One poller per session while it has live clients."""
+        """One poller per session while it has live clients (on the instance holding
+        its lease, with a shared backplane)."""
         every = self.cfg.upstream.state.every
-        while session.conns and self.sessions.get(session.id) is session:
+        while self.sessions.get(session.id) is session and self._should_poll(session):
             session.refresh.clear()
             await self.poll_once(session)
             delay = every if session.poll_failures == 0 else min(
@@ -875,9 +972,21 @@ class Bridge:
         if not result.changed:
             self.metrics.state_polls.labels("not_modified").inc()
             return
+        try:
+            seq = await self.publish_state(session, result.payload, "poll", time.monotonic())
+        except BackplaneUnavailable as exc:
+            # Not published: the next poll fetches the whole state again.
+            session.poll_failures += 1
+            self.metrics.state_polls.labels("error").inc()
+            log.warning("state of session %s not published: %s", session.id, exc)
+            return
         session.etag, session.last_modified = result.etag, result.last_modified
-        changed = self.publish_state(session, result.payload, "poll", time.monotonic())
-        self.metrics.state_polls.labels("changed" if changed else "unchanged").inc()
+        self.metrics.state_polls.labels("unchanged" if seq is None else "changed").inc()
+
+    def _should_poll(self, session: Session) -> bool:
+        if self.backplane.shared:
+            return self.backplane.owns(session)
+        return bool(session.conns)
 
     # ------------------------------------------------------------------ gauges
     def _update_gauges(self) -> None:

@@ -441,3 +441,48 @@ def _page(text: str) -> Any:
         return web.Response(text=text, content_type=ctype)
 
     return handler
+
+
+@pytest.fixture
+async def redis_server(tmp_path):
+    """A real redis-server on a free port (tests may kill and restart it)."""
+    from tests.cluster import RedisServer
+
+    server = RedisServer(tmp_path / "redis")
+    await server.start()
+    yield server
+    await server.stop()
+
+
+@pytest.fixture
+async def make_cluster(aiohttp_server, redis_server, tmp_path):
+    """``make_cluster(n, overrides)``: the demo backend (in this process, so tests
+    can read what it was asked), ``n`` bridge processes on ``redis_server``,
+    and nginx round-robin in front of them."""
+    from tests.cluster import Cluster
+
+    clusters: list[Cluster] = []
+
+    async def make(n: int = 2, overrides: dict[str, Any] | None = None, expiry: float = 30.0):
+        backend_server = await aiohttp_server(make_backend_app(expiry))
+        backend_url = str(backend_server.make_url("")).rstrip("/")
+        data = deep_merge(FAST, {
+            "listen": {"host": "127.0.0.1", "port": 0},
+            "upstream": {"url": backend_url},
+            "backplane": {"kind": "redis", "url": redis_server.url, "lease": "1500ms"},
+            "logging": {"debug": False},
+        })  # fmt: skip
+        data = deep_merge(data, overrides or {})
+        config_from_dict(data)  # fail here, not in n processes
+        workdir = tmp_path / f"cluster{len(clusters)}"
+        workdir.mkdir()
+        cluster = Cluster(workdir, redis_server, backend_url, n, data)
+        cluster.backend = backend_server.app[BACKEND]  # type: ignore[attr-defined]
+        cluster.backend_url = backend_url
+        clusters.append(cluster)
+        await cluster.start()
+        return cluster
+
+    yield make
+    for c in clusters:
+        await c.stop()

@@ -140,8 +140,19 @@ def test_errors_name_the_key_and_what_was_expected(data, expected):
          "upstream.retry.max: must be >= upstream.retry.initial"),
         ({"upstream": {"url": "http://x", "push": {"path": "/p"}}},
          "upstream.push.secret: required when upstream.push is set"),
-        ({"upstream": {"url": "http://x"}, "backplane": {"kind": "redis"}},
-         "backplane.kind: 'redis' is not available in this version; use 'memory'"),
+        ({"upstream": {"url": "http://x"}, "backplane": {"kind": "redis", "url": "localhost:6379"}},
+         "backplane.url: must start with redis://, rediss:// or unix://, got 'localhost:6379'"),
+        ({"upstream": {"url": "http://x"}, "backplane": {"kind": "redis", "tls": {}}},
+         "backplane.tls: needs a rediss:// url"),
+        ({"upstream": {"url": "http://x"}, "backplane": {"kind": "redis", "prefix": "a b"}},
+         "backplane.prefix: 1-64 characters of [A-Za-z0-9_.:-]"),
+        ({"upstream": {"url": "http://x"}, "backplane": {"kind": "redis", "lease": "100ms"}},
+         "backplane.lease: must be at least 500ms, got 0.1s"),
+        ({"upstream": {"url": "http://x"}, "backplane": {"kind": "redis", "sentinel": {}}},
+         "backplane.sentinel.hosts: list at least one host:port"),
+        ({"upstream": {"url": "http://x"},
+          "backplane": {"kind": "redis", "sentinel": {"hosts": ["nohost"]}}},
+         "backplane.sentinel.hosts[0]: expected host:port, got 'nohost'"),
     ],
 )  # fmt: skip
 def test_semantic_errors(data, expected):
@@ -257,3 +268,13 @@ def test_run_cli_refuses_a_bad_config(tmp_path):
     res = run_cli("run", "--config", str(bad))
     assert res.returncode == 1
     assert "upstream: required key is missing" in res.stderr
+
+
+def test_a_redis_backplane_is_accepted():
+    cfg = config_from_dict({
+        "upstream": {"url": "http://x"},
+        "backplane": {"kind": "redis", "url": "rediss://r:6380/1", "prefix": "poker",
+                      "lease": "2s", "pool_size": 16, "tls": {"ca_file": "/ca.pem"}},
+    })  # fmt: skip
+    assert cfg.backplane.kind == "redis" and cfg.backplane.lease == 2.0
+    assert cfg.backplane.tls is not None and cfg.backplane.tls.ca_file == "/ca.pem"

@@ -27,6 +27,9 @@ class HubSettings:
     grace: float = 45.0
     keepalive: float | None = 10.0
     dedupe_window: float = 600.0
+    #: The log mirrors a shared backplane: seqs come from there (``ReplayLog.accept``),
+    #: so presence changes here append nothing; the backplane publishes them.
+    mirror: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +68,7 @@ class SessionHub:
         self.presence = Presence(grace=settings.grace, keepalive=settings.keepalive)
         self.dedupe = Dedupe(settings.dedupe_window)
         self._digest: bytes | None = None
+        self.mirror = settings.mirror
 
     @property
     def epoch(self) -> str:
@@ -74,7 +78,9 @@ class SessionHub:
         """True when ``user`` is not present: their first client must join upstream."""
         return not self.presence.is_present(user)
 
-    def _presence_entry(self, now: float) -> Entry:
+    def _presence_entry(self, now: float) -> Entry | None:
+        if self.mirror:
+            return None
         return self.log.append("presence", {"online": self.presence.online()}, now)
 
     def attach(
@@ -84,6 +90,10 @@ class SessionHub:
         head = self.log.head
         joined = self.presence.connect(client, user, now)
         return Attached(backlog, head, self._presence_entry(now) if joined else None)
+
+    def replace_log(self, log: ReplayLog) -> None:
+        """A mirror (re)loaded from the backplane, e.g. under a new epoch."""
+        self.log = log
 
     def detach(self, client: str, now: float) -> None:
         self.presence.disconnect(client, now)

@@ -113,7 +113,30 @@ class ReplayLog:
 
     def append(self, type_: str, payload: Any, now: float) -> Entry:
         """Assign the next seq to a stream message and keep it."""
-        self.head += 1
+        return self._add(self.head + 1, type_, payload, now)
+
+    def accept(self, seq: int, type_: str, payload: Any, now: float) -> Entry | None:
+        """Keep a message whose seq was assigned elsewhere (a shared backplane).
+
+        A seq at or below the head is a repeat: None. A seq past ``head + 1``
+        means the ones between are not coming: the contiguous window restarts
+        at ``seq`` (the latest of each type stays), so a reader whose last_seq
+        falls in the hole gets a reset, never a gap.
+        """
+        if seq <= self.head:
+            return None
+        if seq > self.head + 1:
+            while self._entries:
+                entry = self._entries.popleft()
+                if self._latest.get(entry.type) is entry:
+                    self._pinned.append(entry)
+                else:
+                    self._bytes -= entry.size
+                    self.evictions += 1
+        return self._add(seq, type_, payload, now)
+
+    def _add(self, seq: int, type_: str, payload: Any, now: float) -> Entry:
+        self.head = seq
         message = stream(type_, self.head, payload)
         entry = Entry(self.head, type_, message, now, JSON.encode(message))
         old = self._latest.get(type_)

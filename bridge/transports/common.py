@@ -11,7 +11,7 @@ from typing import Any
 from aiohttp import web
 
 from ..config import Config
-from ..exceptions import ProtocolError
+from ..exceptions import BackplaneUnavailable, ProtocolError
 from ..metrics import Metrics
 from ..runtime import Bridge, ConnectRequest, JoinRefused, Session, parse_connect
 
@@ -263,6 +263,11 @@ async def _admit(
         return Refusal(auth.close_code, auth.code, auth.message, "unauthorized")
     client_id, by_token = auth
     session = bridge.session(req.session_id)
+    try:
+        await bridge.backplane.open(session)
+    except BackplaneUnavailable as exc:
+        bridge.drop_if_idle(session)
+        return Refusal(1013, exc.code, "the shared backplane is unreachable; retry", "backplane")
     if len(session.conns) >= cfg.limits.max_clients_per_session and (
         client_id not in session.conns
     ):

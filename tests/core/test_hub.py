@@ -61,3 +61,21 @@ def test_commands_are_deduplicated():
     assert h.command("u1", "2", 2.0) == New()
     h.command_abandoned("u1", "2")
     assert h.command("u1", "2", 2.0) == New()
+
+
+def test_a_mirror_hub_appends_no_presence_of_its_own():
+    h = hub(mirror=True, keepalive=None, grace=1.0)
+    attached = h.attach("c1", "u1", None, None, 0.0)
+    assert attached.presence is None and h.log.head == 0
+    assert h.presence.is_present("u1")
+    assert h.leave("u1", 0.5) is None and not h.presence.is_present("u1")
+    h.attach("c2", "u2", None, None, 1.0)
+    h.detach("c2", 1.0)
+    tick = h.tick(3.0)
+    assert tick.left == ["u2"] and tick.presence is None and h.log.head == 0
+    log = h.log
+    from bridge.core.replay import ReplayLog
+
+    other = ReplayLog("F", max_messages=10, max_bytes=1000, max_age=10)
+    h.replace_log(other)
+    assert h.log is other and h.epoch == "F" and log is not other

@@ -98,6 +98,8 @@ ops = st.lists(
         st.tuples(st.just("append"), st.sampled_from(["session", "presence"]), st.integers(0, 50)),
         st.tuples(st.just("tick"), st.floats(0, 30), st.just(0)),
         st.tuples(st.just("resume"), st.integers(0, 60), st.booleans()),
+        # a mirror of a shared backplane: seqs assigned elsewhere, maybe with holes
+        st.tuples(st.just("accept"), st.sampled_from(["session", "presence"]), st.integers(-1, 3)),
     ),
     max_size=80,
 )
@@ -125,6 +127,14 @@ def test_property_a_resuming_reader_never_sees_a_gap_a_duplicate_or_a_step_back(
         if op == "append":
             e = log.append(a, {"n": b, "pad": "p" * (b % 20)}, now)
             truth[a] = e.message["payload"]
+        elif op == "accept":
+            seq = log.head + 1 + b if b >= 0 else log.head
+            got = log.accept(seq, a, {"n": seq}, now)
+            if b < 0:
+                assert got is None
+            else:
+                assert got is not None and got.seq == seq == log.head
+                truth[a] = got.message["payload"]
         elif op == "tick":
             now += a
             log.trim(now)
@@ -145,3 +155,19 @@ def test_property_a_resuming_reader_never_sees_a_gap_a_duplicate_or_a_step_back(
             reader_epoch = log.epoch
             # The reader is now up to date with the latest state of each type.
             assert state == truth
+
+
+def test_accept_keeps_seqs_assigned_elsewhere():
+    log = make()
+    assert log.accept(1, "presence", {"online": []}, 0).seq == 1
+    assert log.accept(2, "session", {"v": 1}, 0).seq == 2
+    assert log.accept(2, "session", {"v": 1}, 0) is None  # a repeat
+    assert log.accept(1, "session", {"v": 0}, 0) is None
+    assert [e.seq for e in log.read("E", 1, 0).entries] == [2]
+    # a hole: 3 and 4 are not coming; the window restarts at 5
+    assert log.accept(5, "session", {"v": 5}, 0).seq == 5
+    assert log.first_seq == 5 and log.head == 5
+    r = log.read("E", 2, 0)
+    assert isinstance(r, Reset) and [e.seq for e in r.entries] == [1, 5]
+    r = log.read("E", 4, 0)  # a reader at 4 misses only 5
+    assert isinstance(r, Resumed) and [e.seq for e in r.entries] == [5]

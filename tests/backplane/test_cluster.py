@@ -1,0 +1,142 @@
+"""Several bridge processes on one Redis behind real nginx (round-robin, no
+stickiness): one stream per session whatever the instance, commands applied
+once, one upstream poller per session, and an instance or Redis dying."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import aiohttp
+import pytest
+import redis.asyncio as aioredis
+
+from tests.cluster import Cluster
+
+
+
+async def ready(cluster: Cluster) -> list[dict[str, Any]]:
+    async with aiohttp.ClientSession() as http:
+        out = []
+        for inst in cluster.instances:
+            async with http.get(inst.url + "/readyz") as r:
+                out.append({"status": r.status, **(await r.json())})
+        return out
+
+
+async def ws(http: aiohttp.ClientSession, base: str, session: str, user: str, **params: Any):
+    from tests.conftest import WSClient
+
+    query = {"sessionId": session, "userId": user, **{k: str(v) for k, v in params.items()}}
+    sock = await http.ws_connect(base + "/api/websocket", params=query, max_msg_size=0)
+    client = WSClient(sock, session, user, params)
+    await client.welcome()
+    return client
+
+
+def all_voted(n: int) -> Any:
+    return lambda s: len(s.get("users", [])) == n and all(u["voted"] for u in s["users"])
+
+
+def contiguous(stream: list[dict[str, Any]]) -> bool:
+    seqs = [m["seq"] for m in stream]
+    return seqs == list(range(seqs[0], seqs[0] + len(seqs))) if seqs else True
+
+
+async def test_clients_on_different_instances_see_one_stream(make_cluster):
+    cluster = await make_cluster(3)
+    async with aiohttp.ClientSession() as http:
+        clients = [await ws(http, cluster.url, "one", f"u{i}") for i in range(6)]
+        spread = [r["connections"] for r in await ready(cluster)]
+        assert all(n >= 1 for n in spread), spread  # round-robin put clients everywhere
+        assert len({c.welcome_msg["epoch"] for c in clients}) == 1
+        for i, c in enumerate(clients):
+            ack = await c.command("vote", {"vote": str(i)})
+            assert ack["status"] == "ok", ack
+        for c in clients:
+            await c.wait_state(all_voted(6), timeout=10)
+        # the same seq is the same message on every instance, in one order
+        by_seq: dict[int, Any] = {}
+        for c in clients:
+            assert contiguous(c.stream), [m["seq"] for m in c.stream]
+            for m in c.stream:
+                assert by_seq.setdefault(m["seq"], (m["type"], m["payload"])) == (
+                    m["type"], m["payload"],
+                )  # fmt: skip
+        # a client that drops comes back through nginx on another instance and resumes
+        mover = clients[0]
+        params = mover.resume_params()
+        await mover.close()
+        await clients[1].command("reveal")
+        await clients[1].wait_state(lambda s: s.get("revealed") is True, 10)
+        back = await ws(http, cluster.url, "one", "u0", **params)
+        assert back.welcome_msg["resumed"] is True, back.welcome_msg
+        await back.wait_state(lambda s: s.get("revealed") is True, 10)
+        assert back.stream[0]["seq"] == params["lastSeq"] + 1, back.stream[:2]
+        assert contiguous(back.stream)
+        for m in back.stream:
+            assert by_seq.get(m["seq"], (m["type"], m["payload"])) == (m["type"], m["payload"])
+        for c in [back, *clients[1:]]:
+            await c.close()
+
+
+def votes(cluster: Cluster, user: str) -> list[dict[str, Any]]:
+    return [c for c in cluster.backend.commands if c["path"].endswith(f"/votes/{user}")]
+
+
+async def test_a_command_resent_to_another_instance_is_applied_once(make_cluster):
+    cluster = await make_cluster(2)
+    first, second = (i.url for i in cluster.instances)
+    async with aiohttp.ClientSession() as http:
+        a = await ws(http, first, "once", "u1")
+        ack = await a.command("vote", {"vote": "8"}, id="v-1")
+        assert ack["status"] == "ok"
+        # the ack was lost with the connection: the client re-sends on another instance
+        params = a.resume_params()
+        a.abort()
+        b = await ws(http, second, "once", "u1", **params)
+        assert b.welcome_msg["resumed"] is True
+        again = await b.command("vote", {"vote": "8"}, id="v-1")
+        assert again == ack
+        assert len(votes(cluster, "u1")) == 1
+        # sent to both at once while the upstream is slow: one forward, one ack for both
+        c = await ws(http, first, "once", "u1", **b.resume_params())
+        async with http.post(cluster.backend_url + "/_demo/faults",
+                             json={"stall": 0.5, "stallRatio": 1.0}) as r:  # fmt: skip
+            assert r.status == 200
+        acks = await asyncio.gather(
+            b.command("vote", {"vote": "13"}, id="v-2"), c.command("vote", {"vote": "13"}, id="v-2")
+        )
+        assert acks[0] == acks[1] and acks[0]["status"] == "ok", acks
+        assert [x["body"]["vote"] for x in votes(cluster, "u1")] == ["8", "13"]
+        for x in (b, c):
+            await x.close()
+
+
+async def test_one_upstream_poller_per_session_across_three_instances(make_cluster):
+    cluster = await make_cluster(3)
+    sessions = [f"many{i}" for i in range(5)]
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
+        clients = []
+        for s in sessions:
+            clients += await asyncio.gather(*(ws(http, cluster.url, s, f"u{j}") for j in range(30)))
+        for c in clients:
+            await c.wait_state(lambda s: len(s.get("users", [])) == 30, timeout=20)
+        spread = [r["connections"] for r in await ready(cluster)]
+        assert sorted(spread) == [50, 50, 50], spread  # round-robin, no stickiness
+        before = dict(cluster.backend.state_requests)
+        window = 3.0
+        await asyncio.sleep(window)
+        polls = {s: cluster.backend.state_requests[s] - before.get(s, 0) for s in sessions}
+        every = 0.2  # FAST: upstream.state.every
+        # one poller is window/every = 15 requests; a poller per instance would be 45
+        assert all(window / every - 4 <= n <= window / every + 4 for n in polls.values()), polls
+        r = aioredis.Redis.from_url(cluster.redis.url)
+        holders = [await r.get(f"bridge:{{{s}}}:lease") for s in sessions]
+        await r.aclose()
+        assert all(h is not None for h in holders), holders
+        leases = [x["backplane"]["leases"] for x in await ready(cluster)]
+        assert sum(leases) == 5, leases
+        for c in clients:
+            await c.close()
