@@ -18,10 +18,11 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 # What the tests need from Debian: nginx and promtool (prometheus) for the deploy
-# files, chromium for the browser tests (driven by
+# files, redis-server for the many-instance tests (the fixtures start their own
+# on free ports; the service the package enables is not used), chromium for the browser tests (driven by
 # Playwright for Python; never `playwright install`), and npm to fetch React
 # for the hook's test (skipped when node and npm are already there).
-SYSTEM_PACKAGES := chromium nginx prometheus
+SYSTEM_PACKAGES := chromium nginx prometheus redis-server
 system-deps:
 	@missing=""; for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	command -v npm >/dev/null 2>&1 || missing="$$missing nodejs npm"; \
