@@ -416,6 +416,18 @@ class RedisBackplane:
             return
         if not f.ready.done():
             f.ready.set_result(None)
+        # a free lease is taken now, not at the next round: the first state comes sooner
+        with contextlib.suppress(RedisError, OSError):
+            k = f.keys
+            answer = await self._lease(
+                keys=[k.lease, k.meta, k.log, k.latest, k.presence, k.users],
+                args=[self.instance, int(self.cfg.lease * 1000), "1", self._ttl_ms()],
+            )
+            fence = _s(answer[0]) or None
+            if fence is not None and f.fence is None and self.followers.get(f.session.id) is f:
+                f.fence = fence
+                log.info("session %s: lease taken (fence %s)", f.session.id, fence)
+                self.bridge.ownership_changed(f.session, True)
 
     async def _subscribe(self, f: Follower) -> None:
         if not self._pubsub_ready.is_set():
@@ -736,12 +748,15 @@ class RedisBackplane:
         if due:
             pipe = self.redis.pipeline(transaction=False)
             for f in due:
+                pipe.zrange(f.keys.presence, 0, -1)
                 pipe.hgetall(f.keys.users)
-            for f, users in zip(due, await pipe.execute(), strict=True):
-                for user, context in users.items():
-                    self._spawn(
-                        f, self.bridge.user_request(f.session, _s(user), "keepalive", _ctx(context))
-                    )
+            answers = await pipe.execute()
+            for i, f in enumerate(due):
+                users, contexts = answers[2 * i], answers[2 * i + 1]
+                for user in users:
+                    # no stored context (lost with Redis' data): the local one, if any
+                    ctx = _ctx(contexts.get(user))
+                    self._spawn(f, self.bridge.user_request(f.session, _s(user), "keepalive", ctx))
 
     def _degraded_round(self) -> None:
         """Redis is down: keep this instance's own users alive upstream, as the

@@ -9,11 +9,9 @@ import time
 from typing import Any
 
 import aiohttp
-import pytest
 import redis.asyncio as aioredis
 
 from tests.cluster import Cluster
-
 
 
 async def ready(cluster: Cluster) -> list[dict[str, Any]]:
@@ -21,7 +19,7 @@ async def ready(cluster: Cluster) -> list[dict[str, Any]]:
         out = []
         for inst in cluster.instances:
             async with http.get(inst.url + "/readyz") as r:
-                out.append({"status": r.status, **(await r.json())})
+                out.append({**(await r.json()), "http": r.status})
         return out
 
 
@@ -138,5 +136,133 @@ async def test_one_upstream_poller_per_session_across_three_instances(make_clust
         assert all(h is not None for h in holders), holders
         leases = [x["backplane"]["leases"] for x in await ready(cluster)]
         assert sum(leases) == 5, leases
+        for c in clients:
+            await c.close()
+
+
+async def lease_holder(cluster: Cluster, session: str) -> str | None:
+    r = aioredis.Redis.from_url(cluster.redis.url)
+    try:
+        value = await r.get(f"bridge:{{{session}}}:lease")
+    finally:
+        await r.aclose()
+    return value.decode() if value else None
+
+
+async def test_kill_9_of_the_lease_holder_moves_the_session_and_loses_nothing(make_cluster):
+    from bridge.client import BridgeClient
+
+    cluster = await make_cluster(3)
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
+        clients = [
+            BridgeClient(cluster.url, "k9", f"u{i}", http=http, transports=("websocket",))
+            for i in range(6)
+        ]
+        seen: dict[str, list[tuple[str | None, int]]] = {c.user_id: [] for c in clients}
+        for c in clients:
+            c.on_session = lambda state, seq, c=c: seen[c.user_id].append((c.epoch, seq))
+            c.on_presence = lambda online, seq, c=c: seen[c.user_id].append((c.epoch, seq))
+        await asyncio.gather(*(c.connect(timeout=20) for c in clients))
+        holder = await lease_holder(cluster, "k9")
+        assert holder is not None  # taken by the first instance a client reached
+        pid = int(holder.split(":")[1])
+        victim = next(i for i in cluster.instances if i.proc is not None and i.proc.pid == pid)
+        acked: list[str] = []
+
+        async def vote_loop(c: BridgeClient, rounds: int) -> None:
+            for n in range(rounds):
+                value = f"{c.user_id}:{n}"
+                ack = await asyncio.wait_for(c.send_vote(value), 30)
+                assert ack["status"] == "ok", ack
+                acked.append(value)
+                await asyncio.sleep(0.05)
+
+        voting = asyncio.gather(*(vote_loop(c, 30) for c in clients))
+        await asyncio.sleep(0.5)
+        killed_at = time.monotonic()
+        victim.kill9()
+        # the lease moves to a live instance within a lease period (1.5 s) and a round
+        new_holder = None
+        while time.monotonic() - killed_at < 6:
+            new_holder = await lease_holder(cluster, "k9")
+            if new_holder not in (None, holder):
+                break
+            await asyncio.sleep(0.1)
+        assert new_holder not in (None, holder), new_holder
+        moved_in = time.monotonic() - killed_at
+        await voting
+        heartbeats_before = len([c for c in cluster.backend.commands if "/heartbeat" in c["path"]])
+        await asyncio.sleep(2.5)  # FAST keep-alive every 1 s: the new holder sends them
+        heartbeats = len([c for c in cluster.backend.commands if "/heartbeat" in c["path"]])
+        assert heartbeats - heartbeats_before >= 6, (heartbeats_before, heartbeats)
+        # every acked vote was applied exactly once, and every client converged
+        applied = [c["body"]["vote"] for c in cluster.backend.commands if "/votes/" in c["path"]]
+        assert sorted(applied) == sorted(acked), set(applied) ^ set(acked)
+        assert len(acked) == 6 * 30
+        view = cluster.backend.sessions["k9"].view()
+        async with asyncio.timeout(10):
+            while not all(c.state == view for c in clients):
+                await asyncio.sleep(0.05)
+        for user, stream in seen.items():
+            for (e1, s1), (e2, s2) in zip(stream, stream[1:], strict=False):
+                assert e1 != e2 or s2 > s1, f"{user}: seq {s2} after {s1} in epoch {e1}"
+        # no user left: the grace covered the move
+        assert not [c for c in cluster.backend.commands if c["path"].endswith("/leave")]
+        print(f"\nlease moved {moved_in:.2f}s after kill -9")
+        for c in clients:
+            await c.close()
+
+
+async def all_ready(cluster: Cluster, want: int, timeout: float) -> float:
+    started = time.monotonic()
+    while True:
+        statuses = [r["http"] for r in await ready(cluster)]
+        if all(s == want for s in statuses):
+            return time.monotonic() - started
+        assert time.monotonic() - started < timeout, statuses
+        await asyncio.sleep(0.1)
+
+
+async def test_redis_killed_and_restarted_degrades_then_recovers(make_cluster):
+    from bridge.client import BridgeClient
+
+    cluster = await make_cluster(2)
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
+        clients = [
+            BridgeClient(cluster.url, "rr", f"u{i}", http=http, transports=("websocket",))
+            for i in range(4)
+        ]
+        seen: dict[str, list[tuple[str | None, int]]] = {c.user_id: [] for c in clients}
+        resets = []
+        for c in clients:
+            c.on_session = lambda state, seq, c=c: seen[c.user_id].append((c.epoch, seq))
+            c.on_connect = lambda w: resets.append(not w.get("resumed"))
+        await asyncio.gather(*(c.connect(timeout=20) for c in clients))
+        before = clients[0].epoch
+        cluster.redis.kill()
+        unready = await all_ready(cluster, 503, 10)
+        # connected clients stay connected, and their commands still reach the app once
+        for c in clients:
+            ack = await asyncio.wait_for(c.send_vote(f"{c.user_id}:outage"), 10)
+            assert ack["status"] == "ok", ack
+        assert all(c.get_state()["isConnected"] for c in clients)
+        await cluster.redis.start()  # same port, no data: the worst case
+        recovered = await all_ready(cluster, 200, 15)
+        ack = await asyncio.wait_for(clients[1].send_reveal(), 10)
+        assert ack["status"] == "ok"
+        view = cluster.backend.sessions["rr"].view()
+        async with asyncio.timeout(15):
+            while not all(c.state == view and c.get_state()["isConnected"] for c in clients):
+                await asyncio.sleep(0.05)
+                view = cluster.backend.sessions["rr"].view()
+        assert view["revealed"] is True
+        # the log was lost with Redis' data: a new epoch, so every client was reset once
+        assert all(c.epoch != before for c in clients)
+        applied = [x["body"]["vote"] for x in cluster.backend.commands if "/votes/" in x["path"]]
+        assert sorted(applied) == sorted(f"{c.user_id}:outage" for c in clients)
+        for user, stream in seen.items():
+            for (e1, s1), (e2, s2) in zip(stream, stream[1:], strict=False):
+                assert e1 != e2 or s2 > s1, f"{user}: seq {s2} after {s1} in epoch {e1}"
+        print(f"\nunready {unready:.2f}s after the kill; ready {recovered:.2f}s after restart")
         for c in clients:
             await c.close()
