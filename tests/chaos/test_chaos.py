@@ -14,6 +14,10 @@ import asyncio
 import os
 import random
 from collections import Counter
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aiohttp
 
 from bridge.client import BridgeClient, ClientError
 from bridge.transports.common import METRICS
@@ -35,19 +39,61 @@ CONFIG = {
 
 
 async def test_chaos(make_stack):
-    rng = random.Random(1127)
     stack: Stack = await make_stack(CONFIG)
-    base = stack.url("").rstrip("/")
-    async with stack.http.post(
-        stack.backend_server.make_url("/_demo/faults"),
-        json={"failRatio": 0.2, "stall": 0.3, "stallRatio": 0.05},
+
+    async def restart() -> None:
+        await stack.restart_bridge(down=0.2)  # drains first
+
+    async def metric(name: str) -> float:
+        return sum(s.value for f in stack.bridge_server.app[METRICS].registry.collect()
+                   for s in f.samples if s.name == name)  # fmt: skip
+
+    await run_chaos(
+        stack.url("").rstrip("/"), stack.http, stack.backend,
+        str(stack.backend_server.make_url("")).rstrip("/"), restart, metric, "one instance",
+    )  # fmt: skip
+
+
+async def test_chaos_on_two_instances_on_redis(make_cluster):
+    """The same, with two bridge processes on Redis behind nginx round-robin; the
+    restart is one instance draining (SIGTERM) and coming back."""
+    cluster = await make_cluster(2, CONFIG)
+
+    async def restart() -> None:
+        inst = cluster.instances[0]
+        await inst.stop()  # SIGTERM: drain, its clients go to the other instance
+        await asyncio.sleep(0.2)
+        await inst.start()
+        await cluster.wait_ready(inst)
+
+    async def metric(name: str) -> float:
+        total = 0.0
+        for inst in cluster.instances:  # summed over the instances' /metrics
+            async with http.get(inst.url + "/metrics") as r:
+                for line in (await r.text()).splitlines():
+                    if line.startswith(name + " ") or line.startswith(name + "{"):
+                        total += float(line.rsplit(" ", 1)[1])
+        return total
+
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
+        await run_chaos(cluster.url, http, cluster.backend, cluster.backend_url, restart, metric,
+                        "two instances on redis")  # fmt: skip
+
+
+async def run_chaos(
+    base: str, http: aiohttp.ClientSession, backend: Any, backend_url: str,
+    restart: Callable[[], Awaitable[None]], metric: Callable[[str], Awaitable[float]], label: str,
+) -> None:  # fmt: skip
+    rng = random.Random(1127)
+    async with http.post(
+        backend_url + "/_demo/faults", json={"failRatio": 0.2, "stall": 0.3, "stallRatio": 0.05}
     ) as r:
         assert r.status == 200
     clients: list[BridgeClient] = []
     counts: Counter[str] = Counter()
     seen: dict[str, list[tuple[str | None, int]]] = {}
     for i in range(CLIENTS):
-        c = BridgeClient(base, f"chaos{i % SESSIONS}", f"u{i}", http=stack.http, poll_wait=1,
+        c = BridgeClient(base, f"chaos{i % SESSIONS}", f"u{i}", http=http, poll_wait=1,
                          transports=TRANSPORTS[i % 3:] + TRANSPORTS[: i % 3])  # fmt: skip
         seen[c.user_id] = []
         c.on_session = lambda state, seq, c=c: seen[c.user_id].append((c.epoch, seq))
@@ -94,16 +140,15 @@ async def test_chaos(make_stack):
         await asyncio.sleep(SECONDS / 2)
         calm.clear()
         await asyncio.sleep(0.3)
-        await stack.restart_bridge(down=0.2)  # drains first
+        await restart()
         counts["restarts"] += 1
         await asyncio.sleep(0.3)
         calm.set()
 
     await asyncio.gather(restart_once(), *(run_client(c) for c in clients))
     # Quiet again: the app stops failing; every client converges.
-    async with stack.http.post(stack.backend_server.make_url("/_demo/faults"), json={}) as r:
+    async with http.post(backend_url + "/_demo/faults", json={}) as r:
         assert r.status == 200
-    backend = stack.backend
     async with asyncio.timeout(30):
         while True:
             views = {f"chaos{s}": backend.sessions[f"chaos{s}"].view() for s in range(SESSIONS)}
@@ -122,12 +167,11 @@ async def test_chaos(make_stack):
         for (e1, s1), (e2, s2) in zip(stream, stream[1:], strict=False):
             assert e1 != e2 or s2 > s1, f"{user}: seq {s2} after {s1} in epoch {e1}"
     metrics = {
-        name: sum(s.value for f in stack.bridge_server.app[METRICS].registry.collect()
-                  for s in f.samples if s.name == name)
+        name: await metric(name)
         for name in ("bridge_upstream_retries_total", "bridge_dedupe_hits_total")
     }  # fmt: skip
     print(
-        f"\nchaos: {CLIENTS} clients, {SECONDS:g}s: sent {counts['sent']}, acked ok {counts['acked']}, "
+        f"\nchaos ({label}): {CLIENTS} clients, {SECONDS:g}s: sent {counts['sent']}, acked ok {counts['acked']}, "
         f"failed {counts['failed']}, applied {sum(applied.values())}, killed {counts['killed']}, "
         f"switched {counts['switched']}, resumed {counts['resumed']}, reset {counts['reset']}, "
         f"restarts {counts['restarts']}, "
