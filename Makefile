@@ -49,6 +49,7 @@ bench: $(STAMP)
 
 bench-smoke: $(STAMP)
 	$(PY) bench/fanout.py --smoke
+	$(PY) bench/fanout.py --smoke --servers bridge --backplane redis --instances 2
 	$(PY) bench/transports.py --smoke
 
 # The chaos test at a larger scale than CI's (120 clients, 60 s).

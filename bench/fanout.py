@@ -20,6 +20,12 @@ It prints, for both servers:
 
     python bench/fanout.py            full run (about 3 minutes)
     python bench/fanout.py --smoke    small and short (CI)
+    python bench/fanout.py --backplane redis --instances 2
+                                      the bridge as two processes on one
+                                      redis-server (clients split between them,
+                                      changes pushed to the first); its CPU and
+                                      RSS figures are the sum of both bridge
+                                      processes and redis-server
 """
 
 from __future__ import annotations
@@ -157,22 +163,38 @@ class LoadGen:
 @dataclass
 class Server:
     kind: str  # "bridge" or "bare"
+    backplane: str = "memory"
+    instances: int = 1
     procs: list[asyncio.subprocess.Process] = field(default_factory=list)
-    port: int = 0
+    #: what the CPU and RSS figures add up: the bridge processes (and redis-server)
+    measured: list[int] = field(default_factory=list)
+    ports: list[int] = field(default_factory=list)
     tmp: tempfile.TemporaryDirectory[str] | None = None
 
     @property
-    def pid(self) -> int:
-        return self.procs[-1].pid
+    def port(self) -> int:
+        return self.ports[0]
 
     @property
-    def ws_url(self) -> str:
+    def label(self) -> str:
+        if self.kind == "bridge" and self.backplane == "redis":
+            return f"bridge+redis x{self.instances}"
+        return self.kind
+
+    def cpu(self) -> float:
+        return sum(proc_cpu(pid) for pid in self.measured)
+
+    def rss_kib(self) -> int:
+        return sum(proc_rss_kib(pid) for pid in self.measured)
+
+    @property
+    def ws_urls(self) -> list[str]:
         if self.kind == "bare":
-            return f"ws://127.0.0.1:{self.port}/ws?sessionId=bench"
-        return f"ws://127.0.0.1:{self.port}/api/websocket?sessionId=bench"
+            return [f"ws://127.0.0.1:{self.port}/ws?sessionId=bench"]
+        return [f"ws://127.0.0.1:{p}/api/websocket?sessionId=bench" for p in self.ports]
 
     async def start(self) -> None:
-        self.port = free_port()
+        self.ports = [free_port() for _ in range(self.instances if self.kind == "bridge" else 1)]
         py = sys.executable
         if self.kind == "bare":
             self.procs.append(
@@ -180,6 +202,7 @@ class Server:
                     py, str(ROOT / "bench" / "serve.py"), "bare", str(self.port)
                 )
             )
+            self.measured.append(self.procs[-1].pid)
         else:
             backend_port = free_port()
             self.procs.append(
@@ -188,9 +211,21 @@ class Server:
                 )
             )
             self.tmp = tempfile.TemporaryDirectory()
+            backplane = "backplane: {kind: memory}\n"
+            if self.backplane == "redis":
+                redis_port = free_port()
+                self.procs.append(
+                    await asyncio.create_subprocess_exec(
+                        "redis-server", "--port", str(redis_port), "--bind", "127.0.0.1",
+                        "--save", "", "--appendonly", "no", "--dir", self.tmp.name,
+                        stdout=asyncio.subprocess.DEVNULL,
+                    )
+                )  # fmt: skip
+                self.measured.append(self.procs[-1].pid)
+                backplane = f"backplane: {{kind: redis, url: 'redis://127.0.0.1:{redis_port}/0'}}\n"
             cfg = Path(self.tmp.name) / "bench.yaml"
             cfg.write_text(
-                f"listen: {{host: 127.0.0.1, port: {self.port}}}\n"
+                backplane + f"listen: {{host: 127.0.0.1, port: {self.port}}}\n"
                 f"upstream:\n  url: http://127.0.0.1:{backend_port}\n  state: {{every: 1h}}\n"
                 f"  push: {{path: /bridge/push, secret: {PUSH_SECRET}}}\n"
                 "limits: {max_connections: 19000, max_clients_per_session: 19000,"
@@ -199,19 +234,16 @@ class Server:
                 "logging: {level: warning}\n"
             )
             await wait_http(f"http://127.0.0.1:{backend_port}/api/sessions/none", ok=(404,))
-            self.procs.append(
-                await asyncio.create_subprocess_exec(
-                    py,
-                    "-m",
-                    "bridge",
-                    "run",
-                    "--config",
-                    str(cfg),
-                    cwd=ROOT,
-                    stdout=asyncio.subprocess.DEVNULL,
-                )
-            )
-        await wait_http(f"http://127.0.0.1:{self.port}/healthz")
+            for port in self.ports:
+                self.procs.append(
+                    await asyncio.create_subprocess_exec(
+                        py, "-m", "bridge", "run", "--config", str(cfg), "--port", str(port),
+                        cwd=ROOT, stdout=asyncio.subprocess.DEVNULL,
+                    )
+                )  # fmt: skip
+                self.measured.append(self.procs[-1].pid)
+        for port in self.ports:
+            await wait_http(f"http://127.0.0.1:{port}/readyz")
 
     async def push(self, http: aiohttp.ClientSession, i: int) -> None:
         if self.kind == "bare":
@@ -256,9 +288,13 @@ async def wait_http(url: str, ok: tuple[int, ...] = (200,), timeout: float = 20)
 
 
 async def connect(gen: LoadGen, server: Server, n: int) -> None:
-    reply = await gen.call(cmd="connect", url=server.ws_url, n=n, users=20)
-    if reply["failed"]:
-        raise RuntimeError(f"{server.kind}: {reply['failed']} of {n} connections failed")
+    """``n`` clients, split evenly between the server's instances."""
+    urls = server.ws_urls
+    for k, url in enumerate(urls):
+        share = n // len(urls) + (1 if k < n % len(urls) else 0)
+        reply = await gen.call(cmd="connect", url=url, n=share, users=20)
+        if reply["failed"]:
+            raise RuntimeError(f"{server.label}: {reply['failed']} of {share} connections failed")
 
 
 async def steady(
@@ -288,7 +324,7 @@ async def flat_out(
     while not gen.complete.empty():
         gen.complete.get_nowait()
     before = await gen.call(cmd="reset", timing=False)
-    cpu0 = proc_cpu(server.pid)
+    cpu0 = server.cpu()
     t0 = time.monotonic()
     i = start_i
     inflight = 0
@@ -310,7 +346,7 @@ async def flat_out(
         inflight -= 1
         done += 1
     wall = time.monotonic() - t0
-    cpu = proc_cpu(server.pid) - cpu0
+    cpu = server.cpu() - cpu0
     report = await gen.call(cmd="report")
     deliveries = report["stream"]
     report.update(
@@ -325,8 +361,14 @@ async def flat_out(
     return report, i
 
 
+def make_server(kind: str, args: argparse.Namespace) -> Server:
+    if kind == "bridge":
+        return Server(kind, backplane=args.backplane, instances=args.instances)
+    return Server(kind)
+
+
 async def run_latency_and_throughput(kind: str, args: argparse.Namespace) -> dict[str, Any]:
-    server = Server(kind)
+    server = make_server(kind, args)
     gen = LoadGen()
     await server.start()
     await gen.start()
@@ -349,25 +391,25 @@ async def run_latency_and_throughput(kind: str, args: argparse.Namespace) -> dic
 
 
 async def run_memory_and_idle(kind: str, args: argparse.Namespace) -> dict[str, Any]:
-    server = Server(kind)
+    server = make_server(kind, args)
     gen = LoadGen()
     await server.start()
     await gen.start()
     out: dict[str, Any] = {"rss": {}}
     try:
         await asyncio.sleep(0.5)
-        base = proc_rss_kib(server.pid)
+        base = server.rss_kib()
         have = 0
         for n in args.rss:
             await connect(gen, server, n - have)
             have = n
             await asyncio.sleep(1.0)
-            out["rss"][n] = (proc_rss_kib(server.pid) - base) / n
+            out["rss"][n] = (server.rss_kib() - base) / n
         await asyncio.sleep(2.0)
-        cpu0 = proc_cpu(server.pid)
+        cpu0 = server.cpu()
         t0 = time.monotonic()
         await asyncio.sleep(args.idle_seconds)
-        out["idle_cpu_pct"] = (proc_cpu(server.pid) - cpu0) / (time.monotonic() - t0) * 100
+        out["idle_cpu_pct"] = (server.cpu() - cpu0) / (time.monotonic() - t0) * 100
         out["idle_n"] = have
         report = await gen.call(cmd="report")
         out["idle_closes"] = report["closes"]
@@ -404,7 +446,11 @@ def print_table(results: dict[str, dict[str, Any]], args: argparse.Namespace) ->
     big = args.rss[-1]
     row(f"idle CPU at {big} connections", lambda r: r["idle_cpu_pct"], " %", 2)
     width = max(len(r[0]) for r in rows) + 2
-    head = "".join(f"{k:>16}" for k in kinds) + ("       ratio" if len(kinds) == 2 else "")
+    labels = [
+        f"bridge+redis x{args.instances}" if k == "bridge" and args.backplane == "redis" else k
+        for k in kinds
+    ]
+    head = "".join(f"{k:>16}" for k in labels) + ("       ratio" if len(kinds) == 2 else "")
     print()
     print(f"{'fan-out benchmark':<{width}}{head}")
     for label, vals, r in rows:
@@ -440,7 +486,11 @@ async def main() -> int:
     p.add_argument("--flat-seconds", type=float, default=10.0)
     p.add_argument("--rss", default="1000,5000,10000")
     p.add_argument("--idle-seconds", type=float, default=30.0)
+    p.add_argument("--backplane", choices=("memory", "redis"), default="memory")
+    p.add_argument("--instances", type=int, default=1, help="bridge processes (redis only)")
     args = p.parse_args()
+    if args.instances > 1 and args.backplane != "redis":
+        p.error("--instances > 1 needs --backplane redis (memory instances share nothing)")
     if args.smoke:
         args.clients, args.steady_seconds, args.flat_seconds = 200, 2.0, 2.0
         args.rss, args.idle_seconds = "200", 2.0
