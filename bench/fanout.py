@@ -242,8 +242,9 @@ class Server:
                     )
                 )  # fmt: skip
                 self.measured.append(self.procs[-1].pid)
+        ready = "/readyz" if self.kind == "bridge" else "/healthz"
         for port in self.ports:
-            await wait_http(f"http://127.0.0.1:{port}/readyz")
+            await wait_http(f"http://127.0.0.1:{port}{ready}")
 
     async def push(self, http: aiohttp.ClientSession, i: int) -> None:
         if self.kind == "bare":

@@ -193,6 +193,8 @@ class Session:
     etag: str | None = None
     last_modified: str | None = None
     poll_failures: int = 0
+    #: the backplane refused the last state (logged once until it works again)
+    unpublished: bool = False
     evictions_seen: int = 0
 
 
@@ -975,11 +977,16 @@ class Bridge:
         try:
             seq = await self.publish_state(session, result.payload, "poll", time.monotonic())
         except BackplaneUnavailable as exc:
-            # Not published: the next poll fetches the whole state again.
-            session.poll_failures += 1
+            # Not published: the next poll (at the usual pace: the upstream is
+            # fine) fetches the whole state again.
             self.metrics.state_polls.labels("error").inc()
-            log.warning("state of session %s not published: %s", session.id, exc)
+            if not session.unpublished:
+                log.warning("state of session %s not published (until it is): %s", session.id, exc)
+            session.unpublished = True
             return
+        if session.unpublished:
+            log.info("state of session %s published again", session.id)
+            session.unpublished = False
         session.etag, session.last_modified = result.etag, result.last_modified
         self.metrics.state_polls.labels("unchanged" if seq is None else "changed").inc()
 

@@ -372,7 +372,7 @@ class RedisBackplane:
                     pipe = self.redis.pipeline(transaction=False)
                     for f in owned:
                         await self._release(keys=[f.keys.lease], args=[self.instance], client=pipe)
-                    await pipe.execute()
+                    await _execute(pipe)
         for f in self.followers.values():
             for task in list(f.background):
                 task.cancel()
@@ -406,7 +406,9 @@ class RedisBackplane:
             async with asyncio.timeout(self.cfg.connect_timeout * 2):
                 await self._subscribe(f)
                 await self._load(f)
-        except (RedisError, OSError, TimeoutError) as exc:
+        except Exception as exc:  # Redis unreachable (or a bug): never leave connects waiting
+            if not isinstance(exc, RedisError | OSError | TimeoutError | BackplaneUnavailable):
+                log.exception("opening session %s failed", f.session.id)
             self.metrics.backplane_errors.labels("open").inc()
             err = BackplaneUnavailable(f"redis: {type(exc).__name__}: {exc}")
             if not f.ready.done():
@@ -430,8 +432,11 @@ class RedisBackplane:
                 self.bridge.ownership_changed(f.session, True)
 
     async def _subscribe(self, f: Follower) -> None:
-        if not self._pubsub_ready.is_set():
-            raise BackplaneUnavailable("not connected to redis")
+        if not self._pubsub_ready.is_set():  # starting, or reconnecting: wait a little
+            try:
+                await asyncio.wait_for(self._pubsub_ready.wait(), self.cfg.connect_timeout)
+            except TimeoutError:
+                raise BackplaneUnavailable("not connected to redis") from None
         ps = self._pubsub
         assert ps is not None
         waiter = self._sub_waiters.get(f.keys.channel)
@@ -451,7 +456,7 @@ class RedisBackplane:
         pipe.hget(f.keys.meta, "epoch")
         pipe.xrevrange(f.keys.log, "+", "-", count=cfg.replay.max_messages)
         pipe.hgetall(f.keys.latest)
-        _, _, epoch_raw, window_raw, latest_raw = await pipe.execute()
+        _, _, epoch_raw, window_raw, latest_raw = await _execute(pipe)
         epoch = _s(epoch_raw)
         now = time.monotonic()
         mirror = ReplayLog(
@@ -604,7 +609,7 @@ class RedisBackplane:
                 pipe = self.redis.pipeline(transaction=True)
                 pipe.hget(f.keys.meta, "epoch")
                 pipe.xrange(f.keys.log, start, "+", count=500)
-                epoch_raw, entries = await pipe.execute()
+                epoch_raw, entries = await _execute(pipe)
                 log_ = f.session.hub.log
                 if epoch_raw is not None and _s(epoch_raw) != log_.epoch:
                     f.syncing = None
@@ -700,7 +705,7 @@ class RedisBackplane:
             )
             lease_at.append(n)
             n += 1
-        results = await pipe.execute()
+        results = await _execute(pipe)
         lease_results = [results[i] for i in lease_at]
         owned: list[Follower] = []
         for f, answer in zip(followers, lease_results, strict=True):
@@ -732,7 +737,7 @@ class RedisBackplane:
         pipe = self.redis.pipeline(transaction=False)
         for f in owned:
             await self._presence_call(f, expire=True, client=pipe)
-        results = await pipe.execute()
+        results = await _execute(pipe)
         now = time.monotonic()
         keepalive = self.bridge.cfg.upstream.keepalive
         due: list[Follower] = []
@@ -750,7 +755,7 @@ class RedisBackplane:
             for f in due:
                 pipe.zrange(f.keys.presence, 0, -1)
                 pipe.hgetall(f.keys.users)
-            answers = await pipe.execute()
+            answers = await _execute(pipe)
             for i, f in enumerate(due):
                 users, contexts = answers[2 * i], answers[2 * i + 1]
                 for user in users:
@@ -863,7 +868,7 @@ class RedisBackplane:
             pipe = self.redis.pipeline(transaction=True)
             pipe.zrem(k.presence, user)
             pipe.hdel(k.users, user)
-            await pipe.execute()
+            await _execute(pipe)
 
     async def joined(self, session: Session, user: str) -> None:
         await self._publish_presence(session)
@@ -875,7 +880,7 @@ class RedisBackplane:
             pipe = self.redis.pipeline(transaction=True)
             pipe.zrem(k.presence, user)
             pipe.hdel(k.users, user)
-            await pipe.execute()
+            await _execute(pipe)
         except (RedisError, OSError) as exc:
             self.metrics.backplane_errors.labels("presence").inc()
             log.warning("leave of %s (session %s) not in redis: %s", user, session.id, exc)
@@ -941,6 +946,14 @@ class RedisBackplane:
         session.hub.command_abandoned(user, command_id)
         key = Keys.of(self.cfg.prefix, session.id).command(user, command_id)
         self._fire(self.redis.delete(key))
+
+
+async def _execute(pipe: Any) -> Any:
+    """Run a pipeline and always give its connection back (also when cancelled)."""
+    try:
+        return await pipe.execute()
+    finally:
+        await pipe.reset()
 
 
 def _ctx(raw: Any) -> dict[str, Any] | None:

@@ -1,0 +1,123 @@
+"""The Redis backplane up close: two in-process bridges on one real
+redis-server and one legacy backend, so each can be inspected."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from bridge.backplane.redis import Keys, RedisBackplane
+from tests.conftest import Stack
+
+
+async def pair(make_stack, redis_server, **extra: Any) -> tuple[Stack, Stack]:
+    over = {"backplane": {"kind": "redis", "url": redis_server.url, "lease": "1500ms"}, **extra}
+    a = await make_stack(over)
+    b = await make_stack({**over, "upstream": {"url": str(a.backend_server.make_url(""))}})
+    return a, b
+
+
+async def eventually(pred, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not pred():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.02)
+
+
+def backplane(stack: Stack) -> RedisBackplane:
+    bp = stack.bridge.backplane
+    assert isinstance(bp, RedisBackplane)
+    return bp
+
+
+async def test_one_user_on_two_instances_joins_once_and_leaves_once(make_stack, redis_server):
+    a, b = await pair(make_stack, redis_server)
+    on_a = await a.connect("p", "u1")
+    on_b = await b.connect("p", "u1")  # a second tab, on the other instance
+    assert len(a.commands("/join")) == 1
+    await on_b.wait_for(lambda m: m.get("type") == "presence" and m["payload"]["online"] == ["u1"])
+    await on_a.close()
+    await asyncio.sleep(1.6)  # past the 1 s grace: u1 is still here through b
+    assert a.commands("/leave") == []
+    await on_b.close()
+    await eventually(lambda: len(a.commands("/leave")) == 1, 6)
+    await asyncio.sleep(1.0)
+    assert len(a.commands("/leave")) == 1  # one leave, whichever instance held the lease
+
+
+async def test_a_stale_fence_cannot_publish(make_stack, redis_server):
+    a, b = await pair(make_stack, redis_server)
+    client = await a.connect("f", "u1")
+    await client.wait_state(lambda s: True)
+    seq = await backplane(a).publish("f", {"x": 1}, None)
+    assert seq is not None
+    assert await backplane(a).publish("f", {"x": 2}, "0") is None  # fence 0 never existed
+    assert await backplane(a).publish("f", {"x": 1}, None) is None  # unchanged: no new seq
+    r = aioredis.Redis.from_url(redis_server.url)
+    assert int(await r.hget(Keys.of("bridge", "f").meta, "seq")) == seq
+    await r.aclose()
+
+
+async def test_state_pushed_to_an_instance_without_the_session(make_stack, redis_server):
+    a, b = await pair(make_stack, redis_server)
+    client = await a.connect("push", "u1")
+    auth = {"Authorization": "Bearer push-secret"}
+    async with b.http.post(b.url("/bridge/push"), headers=auth,
+                           json={"sessionId": "push", "state": {"pushed": True}}) as r:  # fmt: skip
+        body = await r.json()
+        assert r.status == 202 and body["live"] is True and body["seq"] > 0, body
+    await client.wait_state(lambda s: s == {"pushed": True})
+    async with b.http.post(b.url("/bridge/push"), headers=auth,
+                           json={"sessionId": "nobody", "state": {}}) as r:  # fmt: skip
+        assert (await r.json())["live"] is False
+
+
+async def test_a_hole_in_the_stream_makes_clients_resume_from_a_reset(make_stack, redis_server):
+    a, b = await pair(make_stack, redis_server)
+    client = await b.connect("hole", "u1")
+    await client.wait_state(lambda s: True)
+    r = aioredis.Redis.from_url(redis_server.url)
+    keys = Keys.of("bridge", "hole")
+    await r.hincrby(keys.meta, "seq", 5)  # five seqs that never reach the Stream
+    await r.aclose()
+    await backplane(a).publish("hole", {"after": "hole"}, None)
+    assert await client.closed(5) == 1012
+    assert any(m.get("type") == "reconnect" for m in client.received)
+    again = await b.connect("hole", "u1", **client.resume_params())
+    assert again.welcome_msg["resumed"] is False
+    await again.wait_state(lambda s: s == {"after": "hole"})
+    assert backplane(b).metrics.backplane_resyncs.labels("gap")._value.get() >= 1
+
+
+async def test_redis_losing_its_data_starts_a_new_epoch(make_stack, redis_server):
+    a, b = await pair(make_stack, redis_server)
+    first = await a.connect("flush", "u1")
+    await first.wait_state(lambda s: True)
+    old_epoch = first.welcome_msg["epoch"]
+    r = aioredis.Redis.from_url(redis_server.url)
+    await r.flushall()
+    await r.aclose()
+    await backplane(b).publish("flush", {"new": 1}, None)  # any publish makes a new epoch
+    assert await first.closed(5) == 1012
+    again = await a.connect("flush", "u1", **first.resume_params())
+    assert again.welcome_msg["resumed"] is False and again.welcome_msg["epoch"] != old_epoch
+    await again.wait_state(lambda s: "users" in s or s == {"new": 1})
+
+
+async def test_an_instance_that_cannot_reach_redis_refuses_new_sessions(make_stack, redis_server):
+    a, _ = await pair(make_stack, redis_server)
+    await a.connect("known", "u1")
+    redis_server.kill()
+    await eventually(lambda: not backplane(a).healthy, 5)
+    async with a.http.get(a.url("/readyz")) as resp:
+        assert resp.status == 503 and (await resp.json())["backplane"]["healthy"] is False
+    refused = await a.connect("unknown", "u1", expect_welcome=False)
+    assert await refused.closed(5) == 1013
+    rejected = a.bridge.metrics.connections_rejected.labels("websocket", "backplane")
+    assert rejected._value.get() == 1
+    await redis_server.start()
+    await eventually(lambda: backplane(a).healthy, 10)
+    await a.connect("unknown", "u1")
