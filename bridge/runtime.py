@@ -845,19 +845,19 @@ class Bridge:
             return
         tick = session.hub.tick(now)
         for user in tick.keepalive:
-            self._spawn(session, self._keepalive(session, user))
+            self.spawn(session, self._keepalive(session, user))
         for user in tick.left:
             if self.backplane.shared:  # the lease holder sends it, once for all instances
                 if not session.hub.presence.is_present(user):
                     session.users.pop(user, None)
             else:
-                self._spawn(session, self._leave(session, user))
+                self.spawn(session, self._leave(session, user))
         if tick.presence is not None:
             self.broadcast(session, tick.presence)
         self._schedule_session(session)
         self._update_gauges()
 
-    def _spawn(self, session: Session, coro: Any) -> None:
+    def spawn(self, session: Session, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
         session.background.add(task)
 

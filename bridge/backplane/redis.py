@@ -317,6 +317,13 @@ class RedisBackplane:
             sentinel_kwargs: dict[str, Any] = {"socket_connect_timeout": cfg.connect_timeout}
             if cfg.sentinel.password:
                 sentinel_kwargs["password"] = cfg.sentinel.password
+            from redis.asyncio.connection import parse_url
+
+            # the URL still gives the db and the primary's credentials
+            url = parse_url(cfg.url) if cfg.url.startswith("redis") else {}
+            for key in ("db", "username", "password"):
+                if url.get(key) is not None:
+                    kwargs[key] = url[key]
             sentinel = Sentinel(hosts, sentinel_kwargs=sentinel_kwargs, **kwargs)  # type: ignore[no-untyped-call]
             master: aioredis.Redis = sentinel.master_for(cfg.sentinel.service)
             return master
@@ -491,7 +498,12 @@ class RedisBackplane:
             self._fire(self._release(keys=[f.keys.lease], args=[self.instance]))
         if self._pubsub is not None and self._pubsub_ready.is_set():
             self._sub_waiters.pop(f.keys.channel, None)
-            self._fire(self._pubsub.unsubscribe(f.keys.channel))
+            self._fire(self._unsubscribe(self._pubsub, f.session.id, f.keys.channel))
+
+    async def _unsubscribe(self, ps: PubSub, session_id: str, channel: str) -> None:
+        if session_id in self.followers:  # opened again meanwhile: keep the subscription
+            return
+        await ps.unsubscribe(channel)
 
     def _forget(self, f: Follower) -> None:
         if self.followers.get(f.session.id) is f:
@@ -746,7 +758,10 @@ class RedisBackplane:
             gone = result[3:]
             for i in range(0, len(gone), 2):
                 user, context = _s(gone[i]), _s(gone[i + 1])
-                self._spawn(f, self.bridge.user_request(f.session, user, "leave", _ctx(context)))
+                # on the session's own tasks: it is not dropped before the leave is sent
+                self.bridge.spawn(
+                    f.session, self.bridge.user_request(f.session, user, "leave", _ctx(context))
+                )
             if keepalive is not None and now - f.last_keepalive >= keepalive.every:
                 f.last_keepalive = now
                 due.append(f)
@@ -761,7 +776,8 @@ class RedisBackplane:
                 for user in users:
                     # no stored context (lost with Redis' data): the local one, if any
                     ctx = _ctx(contexts.get(user))
-                    self._spawn(f, self.bridge.user_request(f.session, _s(user), "keepalive", ctx))
+                    request = self.bridge.user_request(f.session, _s(user), "keepalive", ctx)
+                    self.bridge.spawn(f.session, request)
 
     def _degraded_round(self) -> None:
         """Redis is down: keep this instance's own users alive upstream, as the
@@ -775,7 +791,9 @@ class RedisBackplane:
                 continue
             f.last_keepalive = now
             for user in f.session.hub.presence.online():
-                self._spawn(f, self.bridge.user_request(f.session, user, "keepalive", None))
+                self.bridge.spawn(
+                    f.session, self.bridge.user_request(f.session, user, "keepalive", None)
+                )
 
     async def _presence_call(self, f: Follower, *, expire: bool, client: Any = None) -> Any:
         cfg = self.bridge.cfg

@@ -4,6 +4,7 @@ redis-server and one legacy backend, so each can be inspected."""
 from __future__ import annotations
 
 import asyncio
+import subprocess
 import time
 from typing import Any
 
@@ -121,3 +122,30 @@ async def test_an_instance_that_cannot_reach_redis_refuses_new_sessions(make_sta
     await redis_server.start()
     await eventually(lambda: backplane(a).healthy, 10)
     await a.connect("unknown", "u1")
+
+
+async def test_the_primary_is_found_through_sentinel(make_stack, redis_server, tmp_path):
+    from tests.cluster import free_port, wait_port
+
+    port = free_port()
+    conf = tmp_path / "sentinel.conf"
+    conf.write_text(
+        f"port {port}\nbind 127.0.0.1\ndir {tmp_path}\n"
+        f"sentinel monitor poker 127.0.0.1 {redis_server.port} 1\n"
+    )
+    proc = subprocess.Popen(["redis-server", str(conf), "--sentinel"],
+                            stdout=subprocess.DEVNULL)  # fmt: skip
+    try:
+        await wait_port(port, what="redis sentinel")
+        stack = await make_stack({"backplane": {
+            "kind": "redis", "url": "redis://127.0.0.1:1/2",  # the host is not used, the db is
+            "sentinel": {"hosts": [f"127.0.0.1:{port}"], "service": "poker"},
+        }})  # fmt: skip
+        client = await stack.connect("sentinel", "u1")
+        await client.wait_state(lambda s: True)
+        r = aioredis.Redis.from_url(redis_server.url.rsplit("/", 1)[0] + "/2")
+        assert await r.exists(Keys.of("bridge", "sentinel").log)
+        await r.aclose()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
