@@ -240,6 +240,9 @@ class Follower:
     #: users present in Redis at the last round (the lease holder keeps the session for them)
     present: int = 0
     last_keepalive: float = 0.0
+    #: Redis was unreachable and this instance published the session's state
+    #: itself, under a local epoch (until the next reload)
+    diverged: bool = False
     syncing: asyncio.Task[None] | None = None
     background: set[asyncio.Task[Any]] = field(default_factory=set)
 
@@ -348,6 +351,11 @@ class RedisBackplane:
         else:
             self._down_since = time.monotonic()
             log.warning("redis backplane unreachable: %s; serving from memory", why)
+        # Down: every instance polls the sessions of its own clients (nobody can know
+        # the lease holder). Up again: only the holders do.
+        for f in list(self.followers.values()):
+            if f.fence is None and (f.session.conns or not up):
+                self.bridge.ownership_changed(f.session, self.owns(f.session))
 
     def status(self) -> dict[str, Any]:
         return {
@@ -485,6 +493,7 @@ class RedisBackplane:
             mirror.accept(int(data[b"seq"]), _s(data[b"type"]), json.loads(data[b"payload"]), now)
         f.last_id = window[-1][0] if window else None
         self.bridge.replace_log(f.session, mirror)
+        f.diverged = False
         f.loading = False
         if f.dirty:
             self._catch_up(f)
@@ -660,6 +669,8 @@ class RedisBackplane:
 
         async def reload() -> None:
             try:
+                if f.diverged:
+                    await self._rebase(f)
                 await self._load(f)
             except (RedisError, OSError) as exc:
                 f.loading = False
@@ -814,7 +825,9 @@ class RedisBackplane:
     # ------------------------------------------------------------------ the interface
     def owns(self, session: Session) -> bool:
         f = self.followers.get(session.id)
-        return f is not None and f.session is session and f.fence is not None
+        if f is None or f.session is not session:
+            return False
+        return f.fence is not None or (not self._healthy and bool(session.conns))
 
     def keep(self, session: Session) -> bool:
         f = self.followers.get(session.id)
@@ -822,8 +835,48 @@ class RedisBackplane:
 
     async def publish_state(self, session: Session, payload: Any, now: float) -> int | None:
         f = self.followers.get(session.id)
-        fence = f.fence if f is not None and f.session is session else None
-        return await self.publish(session.id, payload, fence)
+        if f is None or f.session is not session:  # pragma: no cover - a served session is followed
+            return await self.publish(session.id, payload, None)
+        if self._healthy and not f.diverged:
+            try:
+                return await self.publish(session.id, payload, f.fence)
+            except BackplaneUnavailable:
+                if session.conns:
+                    self._set_health(False, "publishing failed")
+                else:
+                    raise
+        if not session.conns:
+            raise BackplaneUnavailable("redis is unreachable and nobody is connected here")
+        return self._publish_here(f, payload, now)
+
+    def _publish_here(self, f: Follower, payload: Any, now: float) -> int | None:
+        """Redis is unreachable: this instance's clients get the state from here,
+        under an epoch of this instance's own, so nobody can ever resume across
+        the two numberings; the first reload after Redis returns starts a new
+        epoch there too (see _rebase), and every client is reset once."""
+        hub = f.session.hub
+        if not f.diverged:
+            f.diverged = True
+            hub.log.epoch = f"{hub.log.epoch}~{secrets.token_urlsafe(4)}"
+            self.metrics.backplane_resyncs.labels("local").inc()
+            log.warning(
+                "session %s: redis unreachable, its state goes to this instance's clients "
+                "from here until redis is back", f.session.id,
+            )  # fmt: skip
+        entry = hub.state(payload, now)
+        if entry is None:
+            return None
+        self.bridge.broadcast(f.session, entry, now)
+        return entry.seq
+
+    async def _rebase(self, f: Follower) -> None:
+        """After serving a session on its own, start a new epoch in Redis: seqs
+        this instance handed out must never be resumed against Redis' log."""
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hset(f.keys.meta, "epoch", secrets.token_urlsafe(9))
+        pipe.hdel(f.keys.meta, "digest", "online")
+        await _execute(pipe)
+        log.info("session %s: new epoch in redis after serving it alone", f.session.id)
 
     async def publish(
         self, session_id: str, payload: Any, fence: str | None, *, must_exist: bool = False

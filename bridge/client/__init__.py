@@ -42,6 +42,8 @@ log = logging.getLogger("bridge.client")
 TRANSPORTS = ("websocket", "sse", "poll")
 STOP_CLOSE_CODES = frozenset({1008, 4400, 4401, 4404})
 UP_RESET_SECONDS = 10.0
+POST_RETRY_INITIAL = 0.25  # a failed POST of commands is retried after this, doubling
+POST_RETRY_MAX = 5.0
 
 
 class ClientError(Exception):
@@ -363,6 +365,10 @@ class BridgeClient:
         self._closed = False
         self._up_since = 0.0
         self._retry_hint: float | None = None
+        #: a POST of commands failed while its transport stayed up: try again after this
+        self._post_retry = POST_RETRY_INITIAL
+        self._post_timer: asyncio.TimerHandle | None = None
+        self._post_task: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------------ public
     @property
@@ -421,6 +427,9 @@ class BridgeClient:
 
     async def close(self) -> None:
         self._closed = True
+        if self._post_timer is not None:
+            self._post_timer.cancel()
+            self._post_timer = None
         if self._runner is not None:
             self._runner.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -628,3 +637,16 @@ class BridgeClient:
         if not await t.send([i.message for i in items]):
             for i in items:
                 i.sent = False
+            # Nothing else may come along to send them again (the caller may be
+            # waiting for this very ack, and the transport may stay up): retry.
+            if not self._closed and self._post_timer is None:
+                delay = 0.0 if self._active is not t else self._post_retry
+                self._post_retry = min(self._post_retry * 2, POST_RETRY_MAX)
+                self._post_timer = asyncio.get_running_loop().call_later(delay, self._retry_post)
+        else:
+            self._post_retry = POST_RETRY_INITIAL
+
+    def _retry_post(self) -> None:
+        self._post_timer = None
+        if not self._closed:
+            self._post_task = asyncio.get_running_loop().create_task(self._flush())

@@ -94,6 +94,7 @@ class SessionHub:
     def replace_log(self, log: ReplayLog) -> None:
         """A mirror (re)loaded from the backplane, e.g. under a new epoch."""
         self.log = log
+        self._digest = None
 
     def detach(self, client: str, now: float) -> None:
         self.presence.disconnect(client, now)

@@ -130,12 +130,14 @@ class HttpSender {
       });
       if (!r.ok) throw new BridgeError(`http_${r.status}`, `POST answered ${r.status}`, { status: r.status });
       const answer = await r.json();
+      mgr._postRetry = 250;
       for (const ack of answer.acks || []) mgr._receive(ack, this, true);
       for (const e of answer.errors || []) mgr._receive(e, this, true);
       return true;
     } catch (err) {
       for (const item of items) item.sent = false;
       mgr._log("POST failed; commands stay queued", err);
+      mgr._retryFlush(this);
       return false;
     }
   }
@@ -554,6 +556,15 @@ export class ConnectionManager {
       else keep.push(item);
     }
     this.outbox = keep;
+  }
+
+  // A POST of commands failed while its transport may stay up, and the caller may
+  // be waiting for this very ack: nothing else would send them again, so retry.
+  _retryFlush(sender) {
+    if (this.timers.postRetry || this.closed) return;
+    const delay = this.active === sender ? this._postRetry || 250 : 0;
+    this._postRetry = Math.min((this._postRetry || 250) * 2, 5000);
+    this.timers.postRetry = setTimeout(() => { delete this.timers.postRetry; this._flush(); }, delay);
   }
 
   _flush() {

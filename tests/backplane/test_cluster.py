@@ -246,6 +246,10 @@ async def test_redis_killed_and_restarted_degrades_then_recovers(make_cluster):
             ack = await asyncio.wait_for(c.send_vote(f"{c.user_id}:outage"), 10)
             assert ack["status"] == "ok", ack
         assert all(c.get_state()["isConnected"] for c in clients)
+        # ... and each instance delivers the app's state to its own clients meanwhile
+        async with asyncio.timeout(10):
+            while not all(c.state and all_voted(4)(c.state) for c in clients):
+                await asyncio.sleep(0.05)
         await cluster.redis.start()  # same port, no data: the worst case
         recovered = await all_ready(cluster, 200, 15)
         ack = await asyncio.wait_for(clients[1].send_reveal(), 10)

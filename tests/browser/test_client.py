@@ -176,3 +176,31 @@ async def test_the_online_event_retries_at_once_and_the_outbox_reports_overflow(
     await wait_js(page, "results.length === 3", timeout=5)
     assert sorted(await page.evaluate("results")) == ["1:outbox_overflow", "2:ok", "3:ok"]
     assert [c["body"]["vote"] for c in stack.commands("/votes/u1")] == ["2", "3"]
+
+
+async def test_a_failed_post_of_commands_is_retried_while_the_transport_stays_up(
+    make_stack, browser
+):
+    """Over SSE a command goes by POST; a POST that fails (here: aborted by the
+    network) must be sent again although the event stream never drops."""
+    stack = await make_stack(FAST_RECONNECT, pages={"/t": PAGE.replace(
+        "debug: true,", 'debug: true, transports: ["sse"],')})  # fmt: skip
+    page = await open_page(browser, stack, "retry", "u1")
+    await wait_js(page, "window.mgr && window.mgr.getState().isConnected")
+    aborted: list[str] = []
+
+    async def once(route) -> None:
+        if not aborted:
+            aborted.append(route.request.url)
+            await route.abort()
+        else:
+            await route.continue_()
+
+    await page.route("**/api/messages**", once)
+    await page.evaluate(
+        "() => { window.results = []; mgr.sendVote('8').then((a) => results.push(a.status)); }"
+    )
+    await wait_js(page, "results.length === 1", timeout=10)
+    assert await page.evaluate("results") == ["ok"] and len(aborted) == 1
+    assert await page.evaluate("log.disconnects.length") == 0  # the stream never dropped
+    assert [c["body"]["vote"] for c in stack.commands("/votes/u1")] == ["8"]

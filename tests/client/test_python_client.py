@@ -178,3 +178,20 @@ async def test_the_client_command_watches_and_sends(stack: Stack):
         assert await proc.wait() == 0
     assert lines[0]["type"] in ("presence", "session")
     assert stack.commands("/votes/op")[0]["body"] == {"vote": "8"}
+
+
+async def test_a_failed_post_of_commands_is_retried_while_the_transport_stays_up(stack: Stack):
+    """Over SSE a command goes by POST; when the POST fails but the event stream
+    stays up, nothing else would send it again: the client retries by itself."""
+    c = client(stack, "u1", transports=["sse"], paths={"messages": "/api/nowhere"})
+    drops: list[object] = []
+    c.on_disconnect = drops.append
+    await c.connect()
+    sending = asyncio.create_task(c.send_vote("3"))
+    await asyncio.sleep(0.6)  # a few failed POSTs (404)
+    assert not sending.done()
+    c.paths["messages"] = "/api/messages"  # the network is back
+    ack = await asyncio.wait_for(sending, 10)
+    assert ack["status"] == "ok" and drops == []
+    assert [x["body"]["vote"] for x in stack.commands("/votes/u1")] == ["3"]
+    await c.close()

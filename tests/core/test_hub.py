@@ -76,6 +76,8 @@ def test_a_mirror_hub_appends_no_presence_of_its_own():
     log = h.log
     from bridge.core.replay import ReplayLog
 
+    assert h.state({"v": 1}, 3.0) is not None and h.state({"v": 1}, 3.0) is None
     other = ReplayLog("F", max_messages=10, max_bytes=1000, max_age=10)
     h.replace_log(other)
     assert h.log is other and h.epoch == "F" and log is not other
+    assert h.state({"v": 1}, 4.0) is not None  # the new log has no state yet
