@@ -150,3 +150,54 @@ async def test_the_primary_is_found_through_sentinel(make_stack, redis_server, t
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def make_certs(d) -> None:
+    """A CA and a server certificate for 127.0.0.1 (openssl, in ``d``)."""
+
+    def run(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=d, check=True, capture_output=True)
+
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem",
+        "-days", "1", "-subj", "/CN=bridge-test-ca")  # fmt: skip
+    run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr",
+        "-subj", "/CN=127.0.0.1")  # fmt: skip
+    (d / "ext.cnf").write_text("subjectAltName=IP:127.0.0.1\n")
+    run("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+        "-CAcreateserial", "-out", "server.pem", "-days", "1", "-extfile", "ext.cnf")  # fmt: skip
+
+
+async def test_tls_to_redis_with_a_verified_certificate(make_stack, tmp_path):
+    from tests.cluster import free_port, wait_port
+
+    make_certs(tmp_path)
+    port = free_port()
+    proc = subprocess.Popen(
+        ["redis-server", "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1",
+         "--tls-cert-file", "server.pem", "--tls-key-file", "server.key",
+         "--tls-ca-cert-file", "ca.pem", "--tls-auth-clients", "no", "--save", "",
+         "--dir", str(tmp_path)],
+        cwd=tmp_path, stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        await wait_port(port, what="redis-server (TLS)")
+        url = f"rediss://127.0.0.1:{port}/0"
+        stack = await make_stack({"backplane": {
+            "kind": "redis", "url": url, "tls": {"ca_file": str(tmp_path / "ca.pem")},
+        }})  # fmt: skip
+        client = await stack.connect("tls", "u1")
+        await client.wait_state(lambda s: True)
+        assert backplane(stack).healthy
+        # a certificate from a CA we were not told to trust: never ready
+        (tmp_path / "other").mkdir()
+        make_certs(tmp_path / "other")
+        wrong = await make_stack({"backplane": {
+            "kind": "redis", "url": url, "tls": {"ca_file": str(tmp_path / "other" / "ca.pem")},
+        }})  # fmt: skip
+        await asyncio.sleep(1.5)
+        assert not backplane(wrong).healthy
+        async with wrong.http.get(wrong.url("/readyz")) as r:
+            assert r.status == 503
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
