@@ -265,6 +265,8 @@ class RedisBackplane:
         self._down_since: float | None = time.monotonic()
         self._pubsub: PubSub | None = None
         self._pubsub_ready = asyncio.Event()
+        #: channels Redis confirmed, and connects waiting for a confirmation
+        self._subscribed: set[str] = set()
         self._sub_waiters: dict[str, asyncio.Future[None]] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
@@ -454,10 +456,13 @@ class RedisBackplane:
                 raise BackplaneUnavailable("not connected to redis") from None
         ps = self._pubsub
         assert ps is not None
-        waiter = self._sub_waiters.get(f.keys.channel)
+        channel = f.keys.channel
+        if channel in self._subscribed:
+            return
+        waiter = self._sub_waiters.get(channel)
         if waiter is None:
-            waiter = self._sub_waiters[f.keys.channel] = asyncio.get_running_loop().create_future()
-            await ps.subscribe(f.keys.channel)
+            waiter = self._sub_waiters[channel] = asyncio.get_running_loop().create_future()
+            await ps.subscribe(channel)
         await asyncio.shield(waiter)
 
     async def _load(self, f: Follower) -> None:
@@ -506,12 +511,13 @@ class RedisBackplane:
         if f.fence is not None and self._healthy:
             self._fire(self._release(keys=[f.keys.lease], args=[self.instance]))
         if self._pubsub is not None and self._pubsub_ready.is_set():
-            self._sub_waiters.pop(f.keys.channel, None)
             self._fire(self._unsubscribe(self._pubsub, f.session.id, f.keys.channel))
 
     async def _unsubscribe(self, ps: PubSub, session_id: str, channel: str) -> None:
         if session_id in self.followers:  # opened again meanwhile: keep the subscription
             return
+        # from now on a re-open subscribes again (its SUBSCRIBE follows this one)
+        self._subscribed.discard(channel)
         await ps.unsubscribe(channel)
 
     def _forget(self, f: Follower) -> None:
@@ -549,6 +555,7 @@ class RedisBackplane:
                 await ps.subscribe(self._self_channel)
                 channels = [f.keys.channel for f in self.followers.values()]
                 self._sub_waiters = {}
+                self._subscribed = set()
                 if channels:
                     await ps.subscribe(*channels)
                 self._pubsub = ps
@@ -584,11 +591,10 @@ class RedisBackplane:
     def _on_pubsub(self, msg: dict[str, Any]) -> None:
         kind = msg.get("type")
         channel = _s(msg.get("channel", b""))
-        if kind == b"subscribe" or kind == "subscribe":
-            waiter = self._sub_waiters.get(channel)
-            if waiter is None:
-                waiter = self._sub_waiters[channel] = asyncio.get_running_loop().create_future()
-            if not waiter.done():
+        if kind in (b"subscribe", "subscribe"):
+            self._subscribed.add(channel)
+            waiter = self._sub_waiters.pop(channel, None)
+            if waiter is not None and not waiter.done():
                 waiter.set_result(None)
             return
         if kind not in (b"message", "message"):
