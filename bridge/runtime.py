@@ -322,9 +322,8 @@ class Bridge:
             tasks = [t for t in (session.poller, *session.background) if t is not None]
             for task in tasks:
                 task.cancel()
-            for task in tasks:
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+            # their outcomes do not matter; a cancellation of stop() itself still does
+            await asyncio.gather(*tasks, return_exceptions=True)
         if self._ticker is not None:
             self._ticker.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -379,9 +379,7 @@ class RedisBackplane:
         self._stopping = True
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         owned = [f for f in self.followers.values() if f.fence is not None]
         if owned and self._healthy:
             with contextlib.suppress(RedisError, OSError, asyncio.TimeoutError):
