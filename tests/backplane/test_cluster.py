@@ -159,10 +159,13 @@ async def test_kill_9_of_the_lease_holder_moves_the_session_and_loses_nothing(ma
             for i in range(6)
         ]
         seen: dict[str, list[tuple[str | None, int]]] = {c.user_id: [] for c in clients}
+        welcomes: list[dict[str, Any]] = []
         for c in clients:
             c.on_session = lambda state, seq, c=c: seen[c.user_id].append((c.epoch, seq))
             c.on_presence = lambda online, seq, c=c: seen[c.user_id].append((c.epoch, seq))
+            c.on_connect = welcomes.append
         await asyncio.gather(*(c.connect(timeout=20) for c in clients))
+        welcomes.clear()
         holder = await lease_holder(cluster, "k9")
         assert holder is not None  # taken by the first instance a client reached
         pid = int(holder.split(":")[1])
@@ -206,6 +209,8 @@ async def test_kill_9_of_the_lease_holder_moves_the_session_and_loses_nothing(ma
         for user, stream in seen.items():
             for (e1, s1), (e2, s2) in zip(stream, stream[1:], strict=False):
                 assert e1 != e2 or s2 > s1, f"{user}: seq {s2} after {s1} in epoch {e1}"
+        # the killed instance's clients came back on the others and resumed
+        assert welcomes and all(w["resumed"] for w in welcomes), welcomes
         # no user left: the grace covered the move
         assert not [c for c in cluster.backend.commands if c["path"].endswith("/leave")]
         print(f"\nlease moved {moved_in:.2f}s after kill -9")
