@@ -31,6 +31,12 @@ def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+#: what `session-bridge run` gives aiohttp to end requests still running after
+#: the drain (aiohttp's default is 60 s; a chaos-test restart was seen to hang
+#: for over 30 s, probably there)
+SHUTDOWN_TIMEOUT = 2.0
+
+
 class Stack:
     """A demo backend with a bridge in front of it, both on loopback."""
 
@@ -60,7 +66,9 @@ class Stack:
         if self.bridge_server.port is not None:
             await self.stop_bridge()
         await asyncio.sleep(down)
-        self.bridge_server = await self.server_factory(self.rebuild(), port=self.bridge_port)
+        self.bridge_server = await self.server_factory(
+            self.rebuild(), port=self.bridge_port, shutdown_timeout=SHUTDOWN_TIMEOUT
+        )
 
     def url(self, path: str) -> str:
         return str(self.bridge_server.make_url(path))
@@ -253,7 +261,7 @@ async def make_stack(aiohttp_server):
                 app.router.add_get(path, _page(html))
             return app
 
-        bridge_server = await aiohttp_server(build())
+        bridge_server = await aiohttp_server(build(), shutdown_timeout=SHUTDOWN_TIMEOUT)
         stack = Stack(backend_server, bridge_server, cfg)
         stack.rebuild = build
         stack.server_factory = aiohttp_server
