@@ -41,7 +41,7 @@ def _summary(session: Session) -> dict[str, Any]:
     }
 
 
-def _detail(session: Session, now: float) -> dict[str, Any]:
+def _detail(session: Session, now: float, polls_here: bool) -> dict[str, Any]:
     hub = session.hub
     log = hub.log
     presence = hub.presence
@@ -75,6 +75,8 @@ def _detail(session: Session, now: float) -> dict[str, Any]:
             "etag": session.etag,
             "pollFailures": session.poll_failures,
             "commandsInFlight": session.inflight,
+            # with the Redis backplane: this instance holds the session's lease
+            "pollsHere": polls_here,
         },
     }
 
@@ -101,10 +103,12 @@ async def session(request: web.Request) -> web.Response:
         return json_error(
             401, "unauthorized", "admin endpoints need 'Authorization: Bearer <admin.token>'"
         )
-    found = request.app[BRIDGE].sessions.get(request.match_info["sid"])
+    bridge = request.app[BRIDGE]
+    found = bridge.sessions.get(request.match_info["sid"])
     if found is None:
         return json_error(404, "not_found", "no such session on this instance")
-    return web.json_response(_detail(found, time.monotonic()))
+    polls_here = bridge.backplane.owns(found) if bridge.backplane.shared else True
+    return web.json_response(_detail(found, time.monotonic(), polls_here))
 
 
 def add_admin_routes(app: web.Application) -> None:

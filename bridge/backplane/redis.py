@@ -262,6 +262,8 @@ class RedisBackplane:
         self.redis = self._client()
         self.followers: dict[str, Follower] = {}
         self._healthy = False
+        #: a failure was seen (False while starting: not ready, yet not an outage)
+        self._down = False
         self._down_since: float | None = time.monotonic()
         self._pubsub: PubSub | None = None
         self._pubsub_ready = asyncio.Event()
@@ -342,9 +344,10 @@ class RedisBackplane:
         return self._healthy
 
     def _set_health(self, up: bool, why: str = "") -> None:
-        if up == self._healthy:
+        if up == self._healthy and up != self._down:
             return
         self._healthy = up
+        self._down = not up
         self.metrics.backplane_up.set(1 if up else 0)
         if up:
             lasted = time.monotonic() - (self._down_since or time.monotonic())
@@ -831,7 +834,7 @@ class RedisBackplane:
         f = self.followers.get(session.id)
         if f is None or f.session is not session:
             return False
-        return f.fence is not None or (not self._healthy and bool(session.conns))
+        return f.fence is not None or (self._down and bool(session.conns))
 
     def keep(self, session: Session) -> bool:
         f = self.followers.get(session.id)
@@ -841,7 +844,7 @@ class RedisBackplane:
         f = self.followers.get(session.id)
         if f is None or f.session is not session:  # pragma: no cover - a served session is followed
             return await self.publish(session.id, payload, None)
-        if self._healthy and not f.diverged:
+        if not f.diverged:  # (also while starting: only a failure means an outage)
             try:
                 return await self.publish(session.id, payload, f.fence)
             except BackplaneUnavailable:

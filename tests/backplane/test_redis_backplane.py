@@ -91,7 +91,11 @@ async def test_a_hole_in_the_stream_makes_clients_resume_from_a_reset(make_stack
     assert again.welcome_msg["resumed"] is False
     # the pushed state, or the app's own if the poller published it since
     await again.wait_state(lambda s: s == {"after": "hole"} or "users" in s)
-    assert backplane(b).metrics.backplane_resyncs.labels("gap")._value.get() >= 1
+    resyncs = {
+        r: backplane(b).metrics.backplane_resyncs.labels(r)._value.get()
+        for r in ("gap", "epoch", "local")
+    }
+    assert resyncs["gap"] >= 1, resyncs
 
 
 async def test_redis_losing_its_data_starts_a_new_epoch(make_stack, redis_server):
@@ -216,3 +220,16 @@ async def test_a_session_dropped_and_opened_again_is_still_followed(make_stack, 
     # through pub/sub, well before the once-a-round safety net (1 s) would catch up
     await c.wait_state(lambda s: s == {"n": 1}, timeout=0.5)
     assert c.stream[-1]["seq"] == seq
+
+
+async def test_admin_shows_which_instance_polls_a_session(make_stack, redis_server):
+    a, b = await pair(make_stack, redis_server, admin={"token": "adm"})
+    await a.connect("adm", "u1")
+    await b.connect("adm", "u2")
+    polls = []
+    for stack in (a, b):
+        async with stack.http.get(stack.url("/bridge/admin/sessions/adm"),
+                                  headers={"Authorization": "Bearer adm"}) as r:  # fmt: skip
+            assert r.status == 200
+            polls.append((await r.json())["upstream"]["pollsHere"])
+    assert sorted(polls) == [False, True]  # one lease, one poller

@@ -160,6 +160,7 @@ async def test_admin_endpoints(make_stack):
     assert detail["clients"][0]["transport"] == "poll" and detail["clients"][0]["userId"] == "u1"
     assert detail["replay"]["head"] >= 2 and detail["presence"]["online"] == ["u1"]
     assert detail["upstream"]["polling"] is True
+    assert detail["upstream"]["pollsHere"] is True  # memory: always this instance
     assert c.token not in raw, "no resume tokens in admin answers"
     async with stack.http.get(url + "/nope", headers=auth) as r:
         assert r.status == 404
