@@ -754,7 +754,9 @@ class RedisBackplane:
             if fence is not None:
                 owned.append(f)
             epoch = _s(epoch_raw)
-            if epoch and epoch != f.session.hub.log.epoch:
+            if f.diverged:  # served alone during the outage: a new epoch, then resume
+                self._resync(f, "epoch")
+            elif epoch and epoch != f.session.hub.log.epoch:
                 self._resync(f, "epoch")
             elif int(seq_raw) > f.session.hub.log.head:
                 self._catch_up(f)
