@@ -213,14 +213,8 @@ class Server:
             self.tmp = tempfile.TemporaryDirectory()
             backplane = "backplane: {kind: memory}\n"
             if self.backplane == "redis":
-                redis_port = free_port()
-                self.procs.append(
-                    await asyncio.create_subprocess_exec(
-                        "redis-server", "--port", str(redis_port), "--bind", "127.0.0.1",
-                        "--save", "", "--appendonly", "no", "--dir", self.tmp.name,
-                        stdout=asyncio.subprocess.DEVNULL,
-                    )
-                )  # fmt: skip
+                redis, redis_port = await start_redis(self.tmp.name)
+                self.procs.append(redis)
                 self.measured.append(self.procs[-1].pid)
                 backplane = f"backplane: {{kind: redis, url: 'redis://127.0.0.1:{redis_port}/0'}}\n"
             cfg = Path(self.tmp.name) / "bench.yaml"
@@ -271,6 +265,16 @@ class Server:
         self.procs.clear()
         if self.tmp is not None:
             self.tmp.cleanup()
+
+
+async def start_redis(workdir: str) -> tuple[asyncio.subprocess.Process, int]:
+    """redis-server without persistence on a free loopback port."""
+    port = free_port()
+    proc = await asyncio.create_subprocess_exec(
+        "redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+        "--appendonly", "no", "--dir", workdir, stdout=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    return proc, port
 
 
 async def wait_http(url: str, ok: tuple[int, ...] = (200,), timeout: float = 20) -> None:

@@ -23,7 +23,7 @@ import redis.asyncio as aioredis
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.fanout import PUSH_SECRET, ROOT, free_port, state, wait_http  # noqa: E402
+from bench.fanout import PUSH_SECRET, ROOT, free_port, start_redis, state, wait_http  # noqa: E402
 
 
 async def main() -> int:
@@ -33,12 +33,10 @@ async def main() -> int:
     marks = [1, 100] if args.smoke else [1, 100, 1000]
     procs: list[asyncio.subprocess.Process] = []
     with tempfile.TemporaryDirectory() as tmp:
-        rport, bport, port = free_port(), free_port(), free_port()
+        bport, port = free_port(), free_port()
         try:
-            procs.append(await asyncio.create_subprocess_exec(
-                "redis-server", "--port", str(rport), "--bind", "127.0.0.1", "--save", "",
-                "--appendonly", "no", "--dir", tmp, stdout=asyncio.subprocess.DEVNULL,
-            ))  # fmt: skip
+            redis, rport = await start_redis(tmp)
+            procs.append(redis)
             procs.append(await asyncio.create_subprocess_exec(
                 sys.executable, str(ROOT / "bench" / "serve.py"), "backend", str(bport), cwd=ROOT,
             ))  # fmt: skip

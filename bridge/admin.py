@@ -107,8 +107,7 @@ async def session(request: web.Request) -> web.Response:
     found = bridge.sessions.get(request.match_info["sid"])
     if found is None:
         return json_error(404, "not_found", "no such session on this instance")
-    polls_here = bridge.backplane.owns(found) if bridge.backplane.shared else True
-    return web.json_response(_detail(found, time.monotonic(), polls_here))
+    return web.json_response(_detail(found, time.monotonic(), bridge.backplane.owns(found)))
 
 
 def add_admin_routes(app: web.Application) -> None:

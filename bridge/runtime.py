@@ -846,11 +846,7 @@ class Bridge:
         for user in tick.keepalive:
             self.spawn(session, self._keepalive(session, user))
         for user in tick.left:
-            if self.backplane.shared:  # the lease holder sends it, once for all instances
-                if not session.hub.presence.is_present(user):
-                    session.users.pop(user, None)
-            else:
-                self.spawn(session, self._leave(session, user))
+            self.backplane.grace_over(session, user)
         if tick.presence is not None:
             self.broadcast(session, tick.presence)
         self._schedule_session(session)
@@ -912,7 +908,7 @@ class Bridge:
         if route is not None:
             await self._user_request(session, user, "keepalive", route)
 
-    async def _leave(self, session: Session, user: str) -> None:
+    async def send_leave(self, session: Session, user: str) -> None:
         route = self.cfg.upstream.commands.get("leave")
         try:
             if route is not None:
@@ -945,7 +941,7 @@ class Bridge:
         """One poller per session while it has live clients (on the instance holding
         its lease, with a shared backplane)."""
         every = self.cfg.upstream.state.every
-        while self.sessions.get(session.id) is session and self._should_poll(session):
+        while self.sessions.get(session.id) is session and self.backplane.owns(session):
             session.refresh.clear()
             await self.poll_once(session)
             delay = every if session.poll_failures == 0 else min(
@@ -988,11 +984,6 @@ class Bridge:
             session.unpublished = False
         session.etag, session.last_modified = result.etag, result.last_modified
         self.metrics.state_polls.labels("unchanged" if seq is None else "changed").inc()
-
-    def _should_poll(self, session: Session) -> bool:
-        if self.backplane.shared:
-            return self.backplane.owns(session)
-        return bool(session.conns)
 
     # ------------------------------------------------------------------ gauges
     def _update_gauges(self) -> None:

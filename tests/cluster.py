@@ -48,6 +48,41 @@ async def wait_port(port: int, timeout: float = 10.0, what: str = "") -> None:
         await asyncio.sleep(0.05)
 
 
+async def start_nginx(d: Path, site: str, port: int) -> subprocess.Popen[bytes]:
+    """Real nginx in the foreground with ``site`` (a server block and its
+    upstreams) as its only http config, its files in ``d``; checked with -t."""
+    binary = _binary("nginx", "nginx")
+    (d / "site.conf").write_text(site)
+    (d / "nginx.conf").write_text(
+        f"""user root;
+daemon off;
+pid {d}/nginx.pid;
+error_log {d}/nginx-error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_body_temp_path {d}/body;
+    proxy_temp_path {d}/proxy;
+    fastcgi_temp_path {d}/fastcgi;
+    uwsgi_temp_path {d}/uwsgi;
+    scgi_temp_path {d}/scgi;
+    include {d}/site.conf;
+}}
+"""
+    )
+    args = [binary, "-p", str(d), "-c", str(d / "nginx.conf")]
+    check = subprocess.run([*args, "-t"], capture_output=True, text=True, timeout=30)
+    if check.returncode != 0:
+        raise RuntimeError(f"nginx -t failed:\n{check.stderr}")
+    proc = subprocess.Popen(args)
+    try:
+        await wait_port(port, what="nginx")
+    except TimeoutError:
+        proc.kill()
+        raise RuntimeError((d / "nginx-error.log").read_text()) from None
+    return proc
+
+
 class RedisServer:
     """One ``redis-server`` without persistence (a restart loses everything,
     the worst case for the bridge) on a free port."""
@@ -170,34 +205,13 @@ class Cluster:
                 await asyncio.sleep(0.1)
 
     async def _start_nginx(self) -> None:
-        binary = _binary("nginx", "nginx")
         site = (ROOT / "deploy" / "nginx" / "bridge.conf").read_text()
         servers = "".join(f"    server 127.0.0.1:{i.port};\n" for i in self.instances)
         site = site.replace("    server 127.0.0.1:8080;\n", servers)
         backend = self.backend_url.split("//", 1)[1].rstrip("/")
         site = site.replace("server 127.0.0.1:3000;", f"server {backend};")
         site = site.replace("listen 80;", f"listen 127.0.0.1:{self.nginx_port};")
-        d = self.workdir
-        (d / "site.conf").write_text(site)
-        (d / "nginx.conf").write_text(
-            f"""user root;
-daemon off;
-pid {d}/nginx.pid;
-error_log {d}/nginx-error.log warn;
-events {{ worker_connections 4096; }}
-http {{
-    access_log off;
-    client_body_temp_path {d}/body;
-    proxy_temp_path {d}/proxy;
-    fastcgi_temp_path {d}/fastcgi;
-    uwsgi_temp_path {d}/uwsgi;
-    scgi_temp_path {d}/scgi;
-    include {d}/site.conf;
-}}
-"""
-        )
-        self.nginx = subprocess.Popen([binary, "-p", str(d), "-c", str(d / "nginx.conf")])
-        await wait_port(self.nginx_port, what="nginx")
+        self.nginx = await start_nginx(self.workdir, site, self.nginx_port)
 
     async def stop(self) -> None:
         await asyncio.gather(*(i.stop() for i in self.instances))

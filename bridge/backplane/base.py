@@ -45,6 +45,9 @@ class Backplane(Protocol):
     def owns(self, session: Session) -> bool:
         """Whether this instance polls the upstream and keeps users alive for it."""
 
+    def grace_over(self, session: Session, user: str) -> None:
+        """The grace of a user with no client left here ran out (on this instance)."""
+
     def keep(self, session: Session) -> bool:
         """Whether the session must stay here although no client is connected
         (e.g. it holds the lease while users of other instances are in grace)."""

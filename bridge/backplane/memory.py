@@ -38,7 +38,10 @@ class MemoryBackplane:
         return None
 
     def owns(self, session: Session) -> bool:
-        return True
+        return bool(session.conns)  # polled while anyone is connected
+
+    def grace_over(self, session: Session, user: str) -> None:
+        self.bridge.spawn(session, self.bridge.send_leave(session, user))
 
     def keep(self, session: Session) -> bool:
         return False

@@ -438,11 +438,7 @@ class RedisBackplane:
             f.ready.set_result(None)
         # a free lease is taken now, not at the next round: the first state comes sooner
         with contextlib.suppress(RedisError, OSError):
-            k = f.keys
-            answer = await self._lease(
-                keys=[k.lease, k.meta, k.log, k.latest, k.presence, k.users],
-                args=[self.instance, int(self.cfg.lease * 1000), "1", self._ttl_ms()],
-            )
+            answer = await self._lease_call(f, want=True)
             fence = _s(answer[0]) or None
             if fence is not None and f.fence is None and self.followers.get(f.session.id) is f:
                 f.fence = fence
@@ -715,8 +711,6 @@ class RedisBackplane:
         followers = [f for f in self.followers.values() if not f.loading]
         pipe = self.redis.pipeline(transaction=False)
         pipe.ping()
-        ttl = self._ttl_ms()
-        lease_ms = int(self.cfg.lease * 1000)
         lease_at: list[int] = []  # where each follower's lease answer is in the results
         n = 1
         for f in followers:
@@ -727,12 +721,7 @@ class RedisBackplane:
                 await self._touch(keys=[f.keys.presence], args=args, client=pipe)
                 n += 1
             want = bool(f.session.conns) or (f.fence is not None and f.present > 0)
-            k = f.keys
-            await self._lease(
-                keys=[k.lease, k.meta, k.log, k.latest, k.presence, k.users],
-                args=[self.instance, lease_ms, "1" if want else "0", ttl],
-                client=pipe,
-            )
+            await self._lease_call(f, want=want, client=pipe)
             lease_at.append(n)
             n += 1
         results = await _execute(pipe)
@@ -815,19 +804,29 @@ class RedisBackplane:
                     f.session, self.bridge.user_request(f.session, user, "keepalive", None)
                 )
 
+    def _append_args(self, k: Keys) -> list[str | int]:
+        """The arguments of the scripts' shared ``append``: maxlen, max_age (ms), the
+        keys' TTL (ms), the channel, and an epoch in case the session has none."""
+        replay = self.bridge.cfg.replay
+        return [
+            replay.max_messages, int(replay.max_age * 1000), self._ttl_ms(), k.channel,
+            secrets.token_urlsafe(9),
+        ]  # fmt: skip
+
     async def _presence_call(self, f: Follower, *, expire: bool, client: Any = None) -> Any:
-        cfg = self.bridge.cfg
         k = f.keys
         return await self._presence(
             keys=[k.meta, k.log, k.latest, k.presence, k.users],
-            args=[
-                cfg.replay.max_messages,
-                int(cfg.replay.max_age * 1000),
-                self._ttl_ms(),
-                k.channel,
-                secrets.token_urlsafe(9),
-                "1" if expire else "0",
-            ],
+            args=[*self._append_args(k), "1" if expire else "0"],
+            client=client,
+        )
+
+    async def _lease_call(self, f: Follower, *, want: bool, client: Any = None) -> Any:
+        """Take, renew (want) or release (not want) the session's lease."""
+        k = f.keys
+        return await self._lease(
+            keys=[k.lease, k.meta, k.log, k.latest, k.presence, k.users],
+            args=[self.instance, int(self.cfg.lease * 1000), "1" if want else "0", self._ttl_ms()],
             client=client,
         )
 
@@ -837,6 +836,12 @@ class RedisBackplane:
         if f is None or f.session is not session:
             return False
         return f.fence is not None or (self._down and bool(session.conns))
+
+    def grace_over(self, session: Session, user: str) -> None:
+        # the lease holder sends the leave, once for every instance, when the
+        # user's deadline in Redis passes; here the user's context goes
+        if not session.hub.presence.is_present(user):
+            session.users.pop(user, None)
 
     def keep(self, session: Session) -> bool:
         f = self.followers.get(session.id)
@@ -892,24 +897,16 @@ class RedisBackplane:
     ) -> int | None:
         """Append a state to the session's stream (if it changed). With a fence, only
         while that fence is current. Raises BackplaneUnavailable."""
-        cfg = self.bridge.cfg
         k = Keys.of(self.cfg.prefix, session_id)
         text = json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
         try:
             epoch, seq = await self._publish(
                 keys=[k.meta, k.log, k.latest],
                 args=[
-                    text,
-                    state_digest(payload).hex(),
-                    fence or "",
-                    cfg.replay.max_messages,
-                    int(cfg.replay.max_age * 1000),
-                    self._ttl_ms(),
-                    k.channel,
-                    secrets.token_urlsafe(9),
+                    text, state_digest(payload).hex(), fence or "", *self._append_args(k),
                     "1" if must_exist else "0",
                 ],
-            )
+            )  # fmt: skip
         except (RedisError, OSError) as exc:
             self.metrics.backplane_errors.labels("publish").inc()
             raise BackplaneUnavailable(f"redis: {exc}") from exc
@@ -942,25 +939,24 @@ class RedisBackplane:
             raise BackplaneUnavailable(f"redis: {exc}") from exc
         return bool(was_absent)
 
+    async def _remove_user(self, session_id: str, user: str) -> None:
+        k = Keys.of(self.cfg.prefix, session_id)
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.zrem(k.presence, user)
+        pipe.hdel(k.users, user)
+        await _execute(pipe)
+
     async def unclaim_user(self, session: Session, user: str) -> None:
-        k = Keys.of(self.cfg.prefix, session.id)
         with contextlib.suppress(RedisError, OSError):
-            pipe = self.redis.pipeline(transaction=True)
-            pipe.zrem(k.presence, user)
-            pipe.hdel(k.users, user)
-            await _execute(pipe)
+            await self._remove_user(session.id, user)
 
     async def joined(self, session: Session, user: str) -> None:
         await self._publish_presence(session)
 
     async def left(self, session: Session, user: str) -> None:
         session.hub.leave(user, time.monotonic())  # stop refreshing it from here
-        k = Keys.of(self.cfg.prefix, session.id)
         try:
-            pipe = self.redis.pipeline(transaction=True)
-            pipe.zrem(k.presence, user)
-            pipe.hdel(k.users, user)
-            await _execute(pipe)
+            await self._remove_user(session.id, user)
         except (RedisError, OSError) as exc:
             self.metrics.backplane_errors.labels("presence").inc()
             log.warning("leave of %s (session %s) not in redis: %s", user, session.id, exc)

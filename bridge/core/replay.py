@@ -127,12 +127,7 @@ class ReplayLog:
             return None
         if seq > self.head + 1:
             while self._entries:
-                entry = self._entries.popleft()
-                if self._latest.get(entry.type) is entry:
-                    self._pinned.append(entry)
-                else:
-                    self._bytes -= entry.size
-                    self.evictions += 1
+                self._drop_front()
         return self._add(seq, type_, payload, now)
 
     def _add(self, seq: int, type_: str, payload: Any, now: float) -> Entry:
@@ -161,12 +156,17 @@ class ReplayLog:
     def trim(self, now: float) -> None:
         """Drop entries past the bounds, oldest first, keeping the latest of each type."""
         while self._entries and self._over(now):
-            entry = self._entries.popleft()
-            if self._latest.get(entry.type) is entry:
-                self._pinned.append(entry)
-            else:
-                self._bytes -= entry.size
-                self.evictions += 1
+            self._drop_front()
+
+    def _drop_front(self) -> None:
+        """The oldest entry leaves the contiguous window (pinned if it is the
+        latest of its type)."""
+        entry = self._entries.popleft()
+        if self._latest.get(entry.type) is entry:
+            self._pinned.append(entry)
+        else:
+            self._bytes -= entry.size
+            self.evictions += 1
 
     def snapshot(self) -> list[Entry]:
         """The latest entry of each type, in seq order."""

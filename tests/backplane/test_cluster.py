@@ -11,6 +11,7 @@ from typing import Any
 import aiohttp
 import redis.asyncio as aioredis
 
+from bridge.client import BridgeClient
 from tests.cluster import Cluster
 
 
@@ -149,23 +150,38 @@ async def lease_holder(cluster: Cluster, session: str) -> str | None:
     return value.decode() if value else None
 
 
-async def test_kill_9_of_the_lease_holder_moves_the_session_and_loses_nothing(make_cluster):
-    from bridge.client import BridgeClient
+async def python_clients(
+    cluster: Cluster, http: aiohttp.ClientSession, session: str, n: int
+) -> tuple[list[BridgeClient], dict[str, list[tuple[str | None, int]]], list[dict[str, Any]]]:
+    """``n`` Python clients of ``session`` through the load balancer, connected;
+    with the (epoch, seq) of every stream message each saw, and every welcome
+    after the first ones."""
+    clients = [
+        BridgeClient(cluster.url, session, f"u{i}", http=http, transports=("websocket",))
+        for i in range(n)
+    ]
+    seen: dict[str, list[tuple[str | None, int]]] = {c.user_id: [] for c in clients}
+    welcomes: list[dict[str, Any]] = []
+    for c in clients:
+        c.on_session = lambda state, seq, c=c: seen[c.user_id].append((c.epoch, seq))
+        c.on_presence = lambda online, seq, c=c: seen[c.user_id].append((c.epoch, seq))
+        c.on_connect = welcomes.append
+    await asyncio.gather(*(c.connect(timeout=20) for c in clients))
+    welcomes.clear()
+    return clients, seen, welcomes
 
+
+def assert_never_backwards(seen: dict[str, list[tuple[str | None, int]]]) -> None:
+    """Within an epoch no client saw a seq twice or going backwards."""
+    for user, stream in seen.items():
+        for (e1, s1), (e2, s2) in zip(stream, stream[1:], strict=False):
+            assert e1 != e2 or s2 > s1, f"{user}: seq {s2} after {s1} in epoch {e1}"
+
+
+async def test_kill_9_of_the_lease_holder_moves_the_session_and_loses_nothing(make_cluster):
     cluster = await make_cluster(3)
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
-        clients = [
-            BridgeClient(cluster.url, "k9", f"u{i}", http=http, transports=("websocket",))
-            for i in range(6)
-        ]
-        seen: dict[str, list[tuple[str | None, int]]] = {c.user_id: [] for c in clients}
-        welcomes: list[dict[str, Any]] = []
-        for c in clients:
-            c.on_session = lambda state, seq, c=c: seen[c.user_id].append((c.epoch, seq))
-            c.on_presence = lambda online, seq, c=c: seen[c.user_id].append((c.epoch, seq))
-            c.on_connect = welcomes.append
-        await asyncio.gather(*(c.connect(timeout=20) for c in clients))
-        welcomes.clear()
+        clients, seen, welcomes = await python_clients(cluster, http, "k9", 6)
         holder = await lease_holder(cluster, "k9")
         assert holder is not None  # taken by the first instance a client reached
         pid = int(holder.split(":")[1])
@@ -206,9 +222,7 @@ async def test_kill_9_of_the_lease_holder_moves_the_session_and_loses_nothing(ma
         async with asyncio.timeout(10):
             while not all(c.state == view for c in clients):
                 await asyncio.sleep(0.05)
-        for user, stream in seen.items():
-            for (e1, s1), (e2, s2) in zip(stream, stream[1:], strict=False):
-                assert e1 != e2 or s2 > s1, f"{user}: seq {s2} after {s1} in epoch {e1}"
+        assert_never_backwards(seen)
         # the killed instance's clients came back on the others and resumed
         assert welcomes and all(w["resumed"] for w in welcomes), welcomes
         # no user left: the grace covered the move
@@ -229,20 +243,9 @@ async def all_ready(cluster: Cluster, want: int, timeout: float) -> float:
 
 
 async def test_redis_killed_and_restarted_degrades_then_recovers(make_cluster):
-    from bridge.client import BridgeClient
-
     cluster = await make_cluster(2)
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
-        clients = [
-            BridgeClient(cluster.url, "rr", f"u{i}", http=http, transports=("websocket",))
-            for i in range(4)
-        ]
-        seen: dict[str, list[tuple[str | None, int]]] = {c.user_id: [] for c in clients}
-        resets = []
-        for c in clients:
-            c.on_session = lambda state, seq, c=c: seen[c.user_id].append((c.epoch, seq))
-            c.on_connect = lambda w: resets.append(not w.get("resumed"))
-        await asyncio.gather(*(c.connect(timeout=20) for c in clients))
+        clients, seen, _ = await python_clients(cluster, http, "rr", 4)
         before = clients[0].epoch
         cluster.redis.kill()
         unready = await all_ready(cluster, 503, 10)
@@ -269,9 +272,7 @@ async def test_redis_killed_and_restarted_degrades_then_recovers(make_cluster):
         assert all(c.epoch != before for c in clients)
         applied = [x["body"]["vote"] for x in cluster.backend.commands if "/votes/" in x["path"]]
         assert sorted(applied) == sorted(f"{c.user_id}:outage" for c in clients)
-        for user, stream in seen.items():
-            for (e1, s1), (e2, s2) in zip(stream, stream[1:], strict=False):
-                assert e1 != e2 or s2 > s1, f"{user}: seq {s2} after {s1} in epoch {e1}"
+        assert_never_backwards(seen)
         print(f"\nunready {unready:.2f}s after the kill; ready {recovered:.2f}s after restart")
         for c in clients:
             await c.close()

@@ -5,32 +5,18 @@ legacy app's own routes passed through."""
 from __future__ import annotations
 
 import asyncio
-import shutil
-import socket
-import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
+from tests.cluster import free_port, start_nginx
 from tests.conftest import Stack
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture
 async def nginx(make_stack, tmp_path: Path):
-    binary = shutil.which("nginx") or (
-        "/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None
-    )
-    if binary is None:
-        pytest.fail("nginx is missing: `make test` installs Debian's nginx package")
     stack = await make_stack()
     port = free_port()
     site = (ROOT / "deploy" / "nginx" / "bridge.conf").read_text()
@@ -38,35 +24,7 @@ async def nginx(make_stack, tmp_path: Path):
     site = site.replace("server 127.0.0.1:3000;", f"server 127.0.0.1:{stack.backend_server.port};")
     assert "listen 80;" in site
     site = site.replace("listen 80;", f"listen 127.0.0.1:{port};")
-    (tmp_path / "bridge.conf").write_text(site)
-    (tmp_path / "nginx.conf").write_text(
-        f"""user root;
-daemon off;
-pid {tmp_path}/nginx.pid;
-error_log {tmp_path}/error.log warn;
-events {{ worker_connections 1024; }}
-http {{
-    access_log off;
-    client_body_temp_path {tmp_path}/body;
-    proxy_temp_path {tmp_path}/proxy;
-    fastcgi_temp_path {tmp_path}/fastcgi;
-    uwsgi_temp_path {tmp_path}/uwsgi;
-    scgi_temp_path {tmp_path}/scgi;
-    include {tmp_path}/bridge.conf;
-}}
-"""
-    )
-    check = subprocess.run([binary, "-t", "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf")],
-                           capture_output=True, text=True, timeout=30)  # fmt: skip
-    assert check.returncode == 0, check.stderr
-    proc = subprocess.Popen([binary, "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf")])
-    deadline = time.monotonic() + 10
-    while True:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                break
-        assert time.monotonic() < deadline, (tmp_path / "error.log").read_text()
-        await asyncio.sleep(0.05)
+    proc = await start_nginx(tmp_path, site, port)
     yield stack, f"http://127.0.0.1:{port}"
     proc.terminate()
     proc.wait(timeout=10)
