@@ -51,6 +51,7 @@ from ..core.dedupe import Done, New, Pending
 from ..core.hub import state_digest
 from ..core.replay import ReplayLog
 from ..exceptions import BackplaneUnavailable
+from ..protocol import messages as m
 
 if TYPE_CHECKING:
     from ..runtime import Bridge, Session
@@ -191,7 +192,16 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 """
 
-PENDING = "pending"
+# KEYS cmd; ARGV expected new ttl → 1 when the value was still ``expected``
+_SWAP = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+  return 1
+end
+return 0
+"""
+
+PENDING = "pending:"  # + the forwarding instance
 
 
 @dataclass(frozen=True, slots=True)
@@ -278,6 +288,10 @@ class RedisBackplane:
         self._touch = self.redis.register_script(_TOUCH)
         self._lease = self.redis.register_script(_LEASE)
         self._release = self.redis.register_script(_RELEASE)
+        self._swap = self.redis.register_script(_SWAP)
+        #: exists while this instance lives (refreshed every round): a command it
+        #: forwards is only answered as "outcome unknown" once this is gone
+        self._alive_key = f"{self.cfg.prefix}:alive:{self.instance}"
         self._self_channel = f"{self.cfg.prefix}:instance:{self.instance}"
         self.metrics = bridge.metrics
         self.metrics.backplane_up.set(0)
@@ -294,6 +308,12 @@ class RedisBackplane:
 
     def _grace_ms(self) -> int:
         return int(self.bridge.cfg.presence.grace * 1000)
+
+    def _window_ms(self) -> int:
+        return max(1, int(self.bridge.cfg.dedupe.window * 1000))
+
+    def _alive_ms(self) -> int:
+        return int(max(self.cfg.lease, 3 * self.round_every) * 1000)
 
     def _pending_ms(self) -> int:
         """How long a command may stay "upstream" before a repeat may forward it again."""
@@ -384,10 +404,11 @@ class RedisBackplane:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         owned = [f for f in self.followers.values() if f.fence is not None]
-        if owned and self._healthy:
+        if self._healthy:
             with contextlib.suppress(RedisError, OSError, asyncio.TimeoutError):
                 async with asyncio.timeout(2.0):
                     pipe = self.redis.pipeline(transaction=False)
+                    pipe.delete(self._alive_key)  # the drain answered everything in flight
                     for f in owned:
                         await self._release(keys=[f.keys.lease], args=[self.instance], client=pipe)
                     await _execute(pipe)
@@ -424,6 +445,8 @@ class RedisBackplane:
             async with asyncio.timeout(self.cfg.connect_timeout * 2):
                 await self._subscribe(f)
                 await self._load(f)
+                # before any command here can be marked as ours (rounds renew it)
+                await self.redis.set(self._alive_key, b"1", px=self._alive_ms())
         except Exception as exc:  # Redis unreachable (or a bug): never leave connects waiting
             if not isinstance(exc, RedisError | OSError | TimeoutError | BackplaneUnavailable):
                 log.exception("opening session %s failed", f.session.id)
@@ -710,7 +733,7 @@ class RedisBackplane:
     async def _round(self) -> None:
         followers = [f for f in self.followers.values() if not f.loading]
         pipe = self.redis.pipeline(transaction=False)
-        pipe.ping()
+        pipe.set(self._alive_key, b"1", px=self._alive_ms())
         lease_at: list[int] = []  # where each follower's lease answer is in the results
         n = 1
         for f in followers:
@@ -980,22 +1003,35 @@ class RedisBackplane:
         if not isinstance(local, New):
             return local  # this instance has it (upstream now, or its ack)
         key = Keys.of(self.cfg.prefix, session.id).command(user, command_id)
-        pending_ms = self._pending_ms()
-        deadline = time.monotonic() + pending_ms / 1000
+        window_ms = self._window_ms()
+        # at most once: the marker lasts the whole window; only its instance's
+        # ack, or that instance dying, replaces it
+        mine = (PENDING + self.instance).encode()
+        deadline = time.monotonic() + self._pending_ms() / 1000
         try:
             while True:
-                if await self.redis.set(key, PENDING, nx=True, px=pending_ms):
+                if await self.redis.set(key, mine, nx=True, px=window_ms):
                     return local
                 value = await self.redis.get(key)
                 if value is None:
-                    continue  # it expired or was abandoned just now: try to take it
-                if value != PENDING.encode():
+                    continue  # abandoned just now (its sender answered "send it again")
+                if not _s(value).startswith(PENDING):
                     ack = json.loads(value)
                     session.hub.command_done(user, command_id, ack, time.monotonic())
                     return Done(ack)
-                # upstream on another instance: its ack lands here soon
-                if time.monotonic() >= deadline:  # pragma: no cover - bounded by the key's TTL
-                    return local
+                # upstream on another instance: its ack lands here soon, unless it died
+                owner = _s(value)[len(PENDING) :]
+                alive = await self.redis.exists(f"{self.cfg.prefix}:alive:{owner}")
+                if not alive or time.monotonic() >= deadline:
+                    ack = m.ack_error(
+                        command_id, "upstream_unavailable",
+                        "the instance forwarding it stopped; whether the app applied it is "
+                        "unknown (it is not sent again)",
+                    )  # fmt: skip
+                    if await self._swap(keys=[key], args=[value, json.dumps(ack), window_ms]):
+                        session.hub.command_done(user, command_id, ack, time.monotonic())
+                        return Done(ack)
+                    continue
                 await asyncio.sleep(0.05)
         except (RedisError, OSError) as exc:
             # Degraded: this instance's window only (docs/scaling.md).
@@ -1011,7 +1047,7 @@ class RedisBackplane:
     ) -> None:
         session.hub.command_done(user, command_id, ack, now)
         key = Keys.of(self.cfg.prefix, session.id).command(user, command_id)
-        window_ms = max(1, int(self.bridge.cfg.dedupe.window * 1000))
+        window_ms = self._window_ms()
         try:
             await self.redis.set(key, json.dumps(ack), px=window_ms)
         except (RedisError, OSError) as exc:
