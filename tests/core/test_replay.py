@@ -171,3 +171,145 @@ def test_accept_keeps_seqs_assigned_elsewhere():
     assert isinstance(r, Reset) and [e.seq for e in r.entries] == [1, 5]
     r = log.read("E", 4, 0)  # a reader at 4 misses only 5
     assert isinstance(r, Resumed) and [e.seq for e in r.entries] == [5]
+
+
+SESSION_1 = b'{"type":"session","seq":1,"payload":{"v":1}}'
+
+
+def test_an_entry_is_the_stream_message_in_compact_json():
+    e = make().append("session", {"v": 1}, 7.5)
+    assert (e.seq, e.type, e.at) == (1, "session", 7.5)
+    assert e.json == SESSION_1 and e.size == len(SESSION_1) == 44
+    assert JSON.decode(e.json) == e.message == {"type": "session", "seq": 1, "payload": {"v": 1}}
+
+
+def test_sse_event_is_built_once():
+    e = make().append("session", {"v": 1}, 0.0)
+    event = e.sse_event()
+    assert event == b"event: session\nid: 1\ndata: " + SESSION_1 + b"\n\n"
+    assert e.sse_event() is event
+    assert e.encoded_as("json") is e.json  # the SSE event is not an encoding of a codec
+
+
+def test_ws_frames_are_exact_and_built_once_per_codec():
+    e = make().append("session", {"v": 1}, 0.0)
+    text = e.ws_frame(JSON)
+    assert text == b"\x81\x2c" + SESSION_1  # FIN + text, 44 bytes, unmasked
+    packed = e.ws_frame(MSGPACK)
+    assert packed == b"\x82" + bytes([len(e.encoded(MSGPACK))]) + e.encoded(MSGPACK)
+    assert e.ws_frame(JSON) is text and e.ws_frame(MSGPACK) is packed
+    assert e.encoded(JSON) is e.json  # the frames did not replace the encodings
+    assert e.encoded_as("msgpack") == MSGPACK.encode(e.message)
+
+
+def test_a_new_log_is_empty():
+    log = make()
+    assert (log.head, log.evictions, len(log), log.bytes, log.first_seq) == (0, 0, 0, 0, 1)
+    assert log.snapshot() == [] and log.latest("session") is None
+    assert log.epoch == "E"
+
+
+def test_the_latest_of_a_type_is_pinned_then_released_with_exact_accounting():
+    log = make(max_messages=2)
+    p = log.append("presence", {"online": []}, 0.0)
+    s2 = log.append("session", {"v": 2}, 0.0)
+    assert (len(log), log.evictions, log.first_seq) == (2, 0, 1)
+    s3 = log.append("session", {"v": 3}, 0.0)  # p falls off the window: pinned, kept
+    assert (len(log), log.evictions, log.first_seq) == (3, 0, 2)
+    assert log.bytes == p.size + s2.size + s3.size
+    s4 = log.append("session", {"v": 4}, 0.0)  # s2 falls off: not the latest, evicted
+    assert (len(log), log.evictions, log.first_seq, log.head) == (3, 1, 3, 4)
+    assert log.bytes == p.size + s3.size + s4.size
+    assert log.snapshot() == [p, s4] and log.latest("presence") is p
+    p5 = log.append("presence", {"online": ["u"]}, 0.0)  # replaces the pinned p, evicts s3
+    assert (len(log), log.evictions, log.first_seq, log.head) == (2, 3, 4, 5)
+    assert log.bytes == s4.size + p5.size
+    assert log.snapshot() == [s4, p5]
+    assert log.read("E", 3, 0.0) == Resumed([s4, p5])
+    assert log.read("E", 2, 0.0) == Reset([s4, p5], "expired")
+
+
+def test_replacing_a_latest_still_in_the_window_evicts_nothing():
+    log = make()
+    a = log.append("session", {"v": 1}, 0.0)
+    b = log.append("session", {"v": 2}, 0.0)
+    assert log.evictions == 0 and len(log) == 2 and log.bytes == a.size + b.size
+    assert log.snapshot() == [b]
+
+
+def test_the_byte_bound_is_inclusive():
+    probe = make()
+    sizes = [probe.append("session", {"v": i}, 0.0).size for i in range(3)]
+    exact = make(max_bytes=sum(sizes))
+    for i in range(3):
+        exact.append("session", {"v": i}, 0.0)
+    assert (len(exact), exact.evictions, exact.bytes) == (3, 0, sum(sizes))
+    tight = make(max_bytes=sum(sizes) - 1)
+    for i in range(3):
+        tight.append("session", {"v": i}, 0.0)
+    assert (len(tight), tight.evictions, tight.first_seq) == (2, 1, 2)
+    assert tight.bytes == sizes[1] + sizes[2]
+
+
+def test_the_count_bound_is_inclusive():
+    log = make(max_messages=3)
+    for i in range(3):
+        log.append("session", {"v": i}, 0.0)
+    assert (len(log), log.first_seq, log.evictions) == (3, 1, 0)
+    log.append("session", {"v": 3}, 0.0)
+    assert (len(log), log.first_seq, log.evictions) == (3, 2, 1)
+
+
+def test_the_age_bound_is_inclusive():
+    log = make(max_age=10.0)
+    first = log.append("session", {"v": 1}, 0.0)
+    second = log.append("presence", {"online": []}, 1.0)
+    assert log.read("E", 0, 10.0) == Resumed([first, second])  # exactly max_age old: kept
+    assert log.first_seq == 1
+    log.trim(10.5)  # first is now too old, but the latest session: pinned, not evicted
+    assert (log.first_seq, len(log), log.evictions) == (2, 2, 0)
+    assert log.bytes == first.size + second.size
+    assert log.read("E", 0, 10.5) == Reset([first, second], "expired")
+    assert log.read("E", 1, 10.5) == Resumed([second])
+
+
+def test_reset_reasons_and_their_boundaries():
+    log = make(max_messages=2)
+    p = log.append("presence", {"online": []}, 0.0)
+    for i in range(4):
+        log.append("session", {"v": i}, 0.0)
+    snap = log.snapshot()
+    assert [e.seq for e in snap] == [1, 5] and log.first_seq == 4
+    assert log.read(None, 3, 0.0) == Reset(snap, "fresh")
+    assert log.read("E", None, 0.0) == Reset(snap, "fresh")
+    assert log.read("F", 5, 0.0) == Reset(snap, "epoch")
+    assert log.read("E", 2, 0.0) == Reset(snap, "expired")  # 3 is gone
+    assert [e.seq for e in log.read("E", 3, 0.0).entries] == [4, 5]  # first_seq - 1
+    assert log.read("E", 5, 0.0) == Resumed([])  # up to date
+    assert log.read("E", 6, 0.0) == Reset(snap, "ahead")
+    assert log.read("E", -1, 0.0) == Reset(snap, "expired")
+    assert p in snap
+
+
+def test_accepting_the_next_seq_keeps_the_window():
+    log = make()
+    a = log.accept(1, "presence", {"online": ["u"]}, 0.0)
+    b = log.accept(2, "session", {"v": 1}, 0.0)
+    assert a.message == {"type": "presence", "seq": 1, "payload": {"online": ["u"]}}
+    assert b.message == {"type": "session", "seq": 2, "payload": {"v": 1}}
+    assert (log.first_seq, log.head, len(log), log.evictions) == (1, 2, 2, 0)
+    assert log.read("E", 0, 0.0) == Resumed([a, b])
+
+
+def test_accepting_past_a_hole_drops_the_window_but_keeps_the_latest():
+    log = make()
+    a = log.accept(1, "presence", {"online": []}, 0.0)
+    b = log.accept(2, "session", {"v": 1}, 0.0)
+    c = log.accept(3, "session", {"v": 2}, 0.0)
+    d = log.accept(6, "session", {"v": 3}, 0.0)
+    assert (log.first_seq, log.head, len(log)) == (6, 6, 2)
+    assert log.evictions == 2  # b; a and c pinned, then c replaced by d
+    assert log.bytes == a.size + d.size
+    assert log.snapshot() == [a, d] and b not in log.snapshot() and c not in log.snapshot()
+    assert log.read("E", 5, 0.0) == Resumed([d])
+    assert log.read("E", 3, 0.0) == Reset([a, d], "expired")

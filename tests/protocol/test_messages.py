@@ -45,3 +45,21 @@ def test_acks_errors_and_control():
         "type": "reconnect", "retry_after_ms": 1500, "reason": "draining"
     }  # fmt: skip
     assert m.stream("session", 1, {"a": 1}) == {"type": "session", "seq": 1, "payload": {"a": 1}}
+
+
+def test_ms_rounds_to_whole_milliseconds():
+    assert m.ms(0.0) == 0
+    assert m.ms(1.5) == 1500
+    assert m.ms(0.0004) == 0
+    assert m.ms(0.0006) == 1
+    assert m.ms(59.9999) == 60000
+    assert isinstance(m.ms(1.0), int)
+
+
+def test_error_without_an_id_has_no_id_key():
+    assert m.error("x", "y") == {"type": "error", "code": "x", "message": "y"}
+    assert m.error("x", "y", "3") == {"type": "error", "code": "x", "message": "y", "id": "3"}
+    assert m.ack_error("1", "c", "m") == {
+        "type": "ack", "id": "1", "status": "error", "error": {"code": "c", "message": "m"}
+    }  # fmt: skip
+    assert m.failure("c", "m", "") == m.ack_error("", "c", "m")  # an id, though empty

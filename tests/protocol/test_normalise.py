@@ -83,3 +83,34 @@ def test_normalise_never_raises(raw):
     assert isinstance(result, Command | ProtocolError)
     if isinstance(result, Command):
         assert result.type and isinstance(result.payload, dict)
+
+
+def test_an_id_of_64_characters_is_kept_65_is_refused():
+    assert n({"type": "vote", "id": "x" * 64}).id == "x" * 64
+    assert n({"type": "vote", "id": "x" * 65}) == BadMessage(
+        "'id' must be a string of 1-64 characters"
+    )
+    assert n({"type": "vote", "id": "x"}).id == "x"
+
+
+def test_a_refusal_names_the_message_id_when_it_has_a_valid_one():
+    assert n({"type": "vote", "id": "c", "userId": "u2"}) == Forbidden(
+        "the message names another user", id="c"
+    )
+    assert n({"type": "vote", "id": "c", "sessionId": "s2", "userId": "u2"}) == Forbidden(
+        "the message names another session", id="c"
+    )
+    assert n({"type": "", "id": "c"}) == BadMessage("'type' must be a non-empty string", id="c")
+    assert n({"type": "vote", "payload": [1]}) == BadMessage("'payload' must be a map")
+
+
+def test_own_session_and_user_are_accepted_and_not_copied_into_the_payload():
+    cmd = n({"type": "vote", "id": "c", "sessionId": "s1", "userId": "u1", "payload": {"v": 1}})
+    assert cmd == Command(type="vote", id="c", payload={"v": 1})
+
+
+def test_the_payload_is_copied_not_shared():
+    payload = {"vote": "5"}
+    cmd = n({"type": "vote", "payload": payload, "extra": 1})
+    assert cmd.payload == {"vote": "5", "extra": 1}
+    assert payload == {"vote": "5"}

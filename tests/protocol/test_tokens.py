@@ -1,5 +1,5 @@
 from bridge.exceptions import Unauthorized
-from bridge.protocol.tokens import TokenClaims, _b64, _mac, issue, verify
+from bridge.protocol.tokens import MAX_TOKEN_LENGTH, TokenClaims, _b64, _mac, _unb64, issue, verify
 from bridge.protocol.types import valid_id
 
 SECRET = b"k" * 32
@@ -70,3 +70,72 @@ def test_valid_id():
     assert not valid_id("a b")
     assert not valid_id("x" * 129)
     assert not valid_id(None)
+
+
+#: issue(SECRET, claims()) as clients hold it: any change of format breaks every
+#: token out there (and every bridge of a rolling deploy must agree).
+GOLDEN = (
+    "eyJjIjoiYzEiLCJzIjoiczEiLCJ1IjoidTEiLCJ4IjoxMDAwfQ.1sb6fFz26FakPOsf5ATByEotodwPEuSkXS4QJ5yWlhA"
+)
+
+
+def test_the_token_format_is_stable():
+    assert issue(SECRET, claims()) == GOLDEN
+    body, mac = GOLDEN.split(".")
+    assert _unb64(body) == b'{"c":"c1","s":"s1","u":"u1","x":1000}'  # compact JSON
+    assert "=" not in GOLDEN and len(mac) == 43  # base64url, unpadded
+    assert check(GOLDEN) == claims()
+
+
+def test_b64_is_unpadded_base64url():
+    assert _b64(b"") == ""
+    assert _b64(b"\xfb\xff") == "-_8"
+    assert _b64(b"\x00\x00\x17") == "AAAX"
+    assert _b64(b"\x00") == "AA"
+    for data in (b"", b"a", b"ab", b"abc", b"abcd", b"\xfb\xff\xfe"):
+        assert _unb64(_b64(data)) == data
+
+
+def test_the_mac_covers_the_body():
+    token = issue(SECRET, claims())
+    other_body = issue(SECRET, claims(expires=999_999)).split(".")[0]
+    forged = other_body + "." + token.split(".")[1]  # a later expiry under the old mac
+    assert check(forged) == Unauthorized("resume token signature is invalid")
+    assert _mac(SECRET, "a") != _mac(SECRET, "b")
+    assert _mac(SECRET, "a") != _mac(b"other", "a")
+
+
+def test_the_length_limit_is_inclusive():
+    body = "A" * (MAX_TOKEN_LENGTH - 44)
+    at_limit = body + "." + "B" * 43
+    assert len(at_limit) == MAX_TOKEN_LENGTH
+    # as long as allowed: read, so its signature is what fails
+    assert check(at_limit) == Unauthorized("resume token signature is invalid")
+    assert check(at_limit + "B") == Unauthorized("malformed resume token")
+
+
+def test_unbound_verification_accepts_the_token_s_own_session_and_user():
+    token = issue(SECRET, claims())
+    assert verify(SECRET, token, now=10.0) == claims()
+    assert verify(SECRET, token, now=10.0, session_id="s1") == claims()
+    assert verify(SECRET, token, now=10.0, user_id="u1") == claims()
+    other = Unauthorized("resume token belongs to another session or user")
+    assert verify(SECRET, token, now=10.0, user_id="u2") == other
+    assert verify(SECRET, token, now=10.0, session_id="s2") == other
+
+
+def test_expiry_is_exclusive():
+    token = issue(SECRET, claims(expires=100))
+    assert check(token, now=99.999) == claims(expires=100)
+    assert check(token, now=100.0) == Unauthorized("resume token has expired")
+    assert check(token, now=100.5) == Unauthorized("resume token has expired")
+
+
+def test_every_claim_must_be_a_valid_id():
+    bad = Unauthorized("malformed resume token")
+    assert check(_signed(b'{"c":"c1","s":"s 1","u":"u1","x":99}'), session_id=None) == bad
+    assert check(_signed(b'{"c":"c1","s":"s1","u":"","x":99}'), user_id=None) == bad
+    assert check(_signed(b'{"c":"c1","s":"s1","u":"u1","x":99}'), now=1.0) == claims(expires=99)
+    assert check(_signed(b'{"c":"c1","s":"s1","u":"u1","x":"99"}'), now=1.0) == claims(expires=99)
+    assert check(_signed(b'{"c":"c1","s":"s1","u":"u1","x":null}')) == bad
+    assert check(_signed(b"[1]")) == bad
