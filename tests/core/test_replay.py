@@ -313,3 +313,13 @@ def test_accepting_past_a_hole_drops_the_window_but_keeps_the_latest():
     assert log.snapshot() == [a, d] and b not in log.snapshot() and c not in log.snapshot()
     assert log.read("E", 5, 0.0) == Resumed([d])
     assert log.read("E", 3, 0.0) == Reset([a, d], "expired")
+
+
+def test_a_hole_of_a_single_seq_restarts_the_window():
+    log = make()
+    a = log.accept(1, "session", {"v": 1}, 0.0)
+    b = log.accept(3, "presence", {"online": []}, 0.0)  # 2 is not coming
+    assert (log.first_seq, log.head, len(log)) == (3, 3, 2)
+    assert log.read("E", 2, 0.0) == Resumed([b])
+    assert log.read("E", 1, 0.0) == Reset([a, b], "expired")
+    assert log.read("E", 0, 0.0) == Reset([a, b], "expired")
