@@ -1,10 +1,15 @@
 """Admin endpoints under ``/bridge/admin/`` (off unless ``admin.token`` is set).
 
-``Authorization: Bearer <admin.token>`` on every request (401 otherwise):
+``Authorization: Bearer <admin.token>`` on every request, any path under the
+prefix included (401 otherwise, so nobody learns which paths exist):
 
+- ``GET /bridge/admin/``: an index of the endpoints below;
 - ``GET /bridge/admin/sessions``: every session this instance holds, briefly;
 - ``GET /bridge/admin/sessions/{sessionId}``: one session's clients and their
   transports, the replay window and seqs, presence and the upstream poller.
+
+Any other path under the prefix answers 404 (with the token) with the JSON
+error body.
 
 Answers never include resume tokens or forwarded headers.
 """
@@ -24,10 +29,23 @@ from .transports.common import BRIDGE, json_error
 PREFIX = "/bridge/admin"
 
 
+ENDPOINTS = {
+    PREFIX + "/": "this index",
+    PREFIX + "/sessions": "every session this instance holds, briefly",
+    PREFIX + "/sessions/{sessionId}": "one session: clients, replay window, presence, upstream",
+}
+
+
 def _authorised(request: web.Request) -> bool:
     token = request.app[BRIDGE].cfg.admin.token
     given = request.headers.get("Authorization", "")
     return bool(token) and hmac.compare_digest(given.encode(), f"Bearer {token}".encode())
+
+
+def _unauthorised() -> web.Response:
+    return json_error(
+        401, "unauthorized", "admin endpoints need 'Authorization: Bearer <admin.token>'"
+    )
 
 
 def _summary(session: Session) -> dict[str, Any]:
@@ -55,6 +73,7 @@ def _detail(session: Session, now: float, polls_here: bool) -> dict[str, Any]:
                 "codec": c.codec.name,
                 "idleSeconds": round(now - c.last_rx, 3),
                 "busy": c.busy,
+                "commandsQueued": len(c.inbox),
             }
             for c in session.conns.values()
         ],
@@ -83,9 +102,7 @@ def _detail(session: Session, now: float, polls_here: bool) -> dict[str, Any]:
 
 async def sessions(request: web.Request) -> web.Response:
     if not _authorised(request):
-        return json_error(
-            401, "unauthorized", "admin endpoints need 'Authorization: Bearer <admin.token>'"
-        )
+        return _unauthorised()
     bridge = request.app[BRIDGE]
     return web.json_response(
         {
@@ -100,9 +117,7 @@ async def sessions(request: web.Request) -> web.Response:
 
 async def session(request: web.Request) -> web.Response:
     if not _authorised(request):
-        return json_error(
-            401, "unauthorized", "admin endpoints need 'Authorization: Bearer <admin.token>'"
-        )
+        return _unauthorised()
     bridge = request.app[BRIDGE]
     found = bridge.sessions.get(request.match_info["sid"])
     if found is None:
@@ -110,6 +125,24 @@ async def session(request: web.Request) -> web.Response:
     return web.json_response(_detail(found, time.monotonic(), bridge.backplane.owns(found)))
 
 
+async def index(request: web.Request) -> web.Response:
+    if not _authorised(request):
+        return _unauthorised()
+    return web.json_response(
+        {"endpoints": [{"path": p, "method": "GET", "about": a} for p, a in ENDPOINTS.items()]}
+    )
+
+
+async def unknown(request: web.Request) -> web.Response:
+    """Any other path under the prefix: 401 without the token, 404 with it."""
+    if not _authorised(request):
+        return _unauthorised()
+    return json_error(404, "not_found", f"no admin endpoint {request.path}; see {PREFIX}/")
+
+
 def add_admin_routes(app: web.Application) -> None:
+    app.router.add_get(PREFIX, index)
+    app.router.add_get(PREFIX + "/", index)
     app.router.add_get(PREFIX + "/sessions", sessions)
     app.router.add_get(PREFIX + "/sessions/{sid}", session)
+    app.router.add_route("*", PREFIX + "/{rest:.*}", unknown)

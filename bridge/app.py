@@ -25,6 +25,7 @@ from .config import Config, load_config
 from .exceptions import BackplaneUnavailable, ConfigError
 from .metrics import Metrics
 from .protocol.types import valid_id
+from .protocol.values import problem
 from .runtime import Bridge
 from .transports.common import BRIDGE, CONFIG, METRICS, edge_middleware, json_error
 from .transports.http import BodyTooBig, BodyUnreadable, read_body
@@ -163,6 +164,9 @@ async def push(request: web.Request) -> web.Response:
     if not valid_id(session_id):
         return json_error(400, "bad_request", "sessionId must be 1-128 of [A-Za-z0-9._:@-]")
     bridge = request.app[BRIDGE]
+    wrong = problem(body["state"])
+    if wrong is not None:
+        return json_error(400, "bad_message", f"the state cannot be sent to clients: {wrong}")
     session = bridge.sessions.get(str(session_id))
     try:
         if session is not None:

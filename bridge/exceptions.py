@@ -11,10 +11,13 @@
     │   ├── Unauthorized                         forged, expired or foreign token (4401 / 401)
     │   └── Forbidden                            another session's or user's id (forbidden)
     ├── BackplaneUnavailable                     Redis (the shared backplane) cannot be reached
+    ├── JoinRefused                              a user's upstream join failed (its close_code)
     └── UpstreamError                            the legacy app failed a request
         ├── UpstreamRejected                     it answered 4xx (error code upstream_rejected)
         ├── UpstreamFailed                       5xx after the allowed retries (upstream_error)
-        │   └── UpstreamTimeout(UpstreamFailed, TimeoutError)
+        │   ├── UpstreamTimeout(UpstreamFailed, TimeoutError)
+        │   └── UpstreamUnreadable               its answer cannot be used (e.g. a value
+        │                                        no codec can carry: 1e999)
         └── UpstreamUnavailable                  unreachable (upstream_unavailable)
             └── CircuitOpen                      the breaker refused to send it
 
@@ -117,6 +120,19 @@ class BackplaneUnavailable(BridgeError):
     code = "backplane_unavailable"
 
 
+class JoinRefused(BridgeError):
+    """A user's upstream join failed: close the connecting client with ``close_code``
+    (``code``/``message`` as in an error message). ``uncertain``: the app may have
+    applied it (timeout, 5xx, cancelled in flight); the bridge has undone it."""
+
+    def __init__(self, close_code: int, code: str, message: str, *, uncertain: bool = False):
+        super().__init__(message)
+        self.close_code = close_code
+        self.code = code
+        self.message = message
+        self.uncertain = uncertain
+
+
 class UpstreamError(BridgeError):
     """The legacy app did not accept a request. ``code`` is the ack error code."""
 
@@ -142,6 +158,10 @@ class UpstreamFailed(UpstreamError):
 
 class UpstreamTimeout(UpstreamFailed, TimeoutError):
     """No answer within ``upstream.timeout``."""
+
+
+class UpstreamUnreadable(UpstreamFailed):
+    """The app answered, but the bridge cannot use the answer."""
 
 
 class UpstreamUnavailable(UpstreamError):

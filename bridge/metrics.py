@@ -172,6 +172,13 @@ class Metrics:
             ["transport"],
             registry=r,
         )
+        self.task_errors = Counter(
+            "bridge_task_errors",
+            "Background tasks that ended with an exception (a bug: the log has its traceback),"
+            " by owner.",
+            ["owner"],
+            registry=r,
+        )
         self.backplane_up = Gauge(
             "bridge_backplane_up",
             "1 while the shared backplane (Redis) is reachable; always 1 for memory.",

@@ -1,25 +1,24 @@
 """The memory backplane: one process owns every session it serves.
 
 Seqs, presence and the de-dupe window live in each session's
-:class:`~bridge.core.hub.SessionHub`; nothing is shared, so nothing can fail.
+:class:`~bridge.core.hub.SessionHub` here; nothing is shared, so nothing can fail.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from ..core.dedupe import Done, New, Pending
+from .base import Events, SessionView, SharedDone, SharedNew
 
-if TYPE_CHECKING:
-    from ..runtime import Bridge, Session
+_NEW = SharedNew()
 
 
 class MemoryBackplane:
     kind = "memory"
     shared = False
 
-    def __init__(self, bridge: Bridge) -> None:
-        self.bridge = bridge
+    def __init__(self, events: Events) -> None:
+        self.events = events
 
     @property
     def healthy(self) -> bool:
@@ -31,57 +30,54 @@ class MemoryBackplane:
     async def stop(self) -> None:
         return None
 
-    async def open(self, session: Session) -> None:
+    def reconfigure(self, cfg: Any) -> None:
         return None
 
-    def closed(self, session: Session) -> None:
+    async def open(self, session: SessionView) -> None:
         return None
 
-    def owns(self, session: Session) -> bool:
-        return bool(session.conns)  # polled while anyone is connected
+    def closed(self, session: SessionView) -> None:
+        return None
 
-    def grace_over(self, session: Session, user: str) -> None:
-        self.bridge.spawn(session, self.bridge.send_leave(session, user))
+    def owns(self, session: SessionView) -> bool:
+        return session.has_clients  # polled while anyone is connected
 
-    def keep(self, session: Session) -> bool:
+    def grace_over(self, session: SessionView, user: str) -> bool:
+        return True  # this is the only instance: it sends the leave
+
+    def keep(self, session: SessionView) -> bool:
         return False
 
-    async def publish_state(self, session: Session, payload: Any, now: float) -> int | None:
-        entry = session.hub.state(payload, now)
-        if entry is None:
-            return None
-        self.bridge.broadcast(session, entry, now)
-        return entry.seq
+    async def publish_state(self, session: SessionView, payload: Any, now: float) -> int | None:
+        return self.events.publish_local(session, payload, now)
 
     async def push_elsewhere(self, session_id: str, payload: Any) -> tuple[bool, int | None]:
         return False, None  # nobody is connected to it
 
-    async def claim_user(self, session: Session, user: str, context: dict[str, Any]) -> bool:
-        return session.hub.needs_join(user)
+    async def claim_user(self, session: SessionView, user: str, context: dict[str, Any]) -> bool:
+        return not session.is_present(user)
 
-    async def unclaim_user(self, session: Session, user: str) -> None:
+    async def unclaim_user(self, session: SessionView, user: str) -> None:
         return None
 
-    async def joined(self, session: Session, user: str) -> None:
+    async def joined(self, session: SessionView, user: str) -> None:
         return None  # the presence entry is appended when the client attaches
 
-    async def left(self, session: Session, user: str) -> None:
-        entry = session.hub.leave(user, self.bridge.clock())
-        if entry is not None:
-            self.bridge.broadcast(session, entry)
+    async def left(self, session: SessionView, user: str) -> None:
+        return None  # the runtime's hub already ended the user's presence
 
     async def begin_command(
-        self, session: Session, user: str, command_id: str, now: float
-    ) -> New | Pending | Done:
-        return session.hub.command(user, command_id, now)
+        self, session: SessionView, user: str, command_id: str
+    ) -> SharedNew | SharedDone:
+        return _NEW  # the session's own de-dupe window is the only one
 
     async def finish_command(
-        self, session: Session, user: str, command_id: str, ack: dict[str, Any], now: float
+        self, session: SessionView, user: str, command_id: str, ack: dict[str, Any]
     ) -> None:
-        session.hub.command_done(user, command_id, ack, now)
+        return None
 
-    def abandon_command(self, session: Session, user: str, command_id: str) -> None:
-        session.hub.command_abandoned(user, command_id)
+    def abandon_command(self, session: SessionView, user: str, command_id: str) -> None:
+        return None
 
     def status(self) -> dict[str, Any]:
         return {"kind": "memory", "healthy": True}

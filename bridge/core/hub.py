@@ -96,6 +96,13 @@ class SessionHub:
         self.log = log
         self._digest = None
 
+    def hold(self, user: str, now: float) -> Entry | None:
+        """A user joined upstream whose handshake then failed: present, in grace
+        (see ``Presence.hold``). A presence entry when they just became present."""
+        if self.presence.hold(user, now):
+            return self._presence_entry(now)
+        return None
+
     def detach(self, client: str, now: float) -> None:
         self.presence.disconnect(client, now)
 

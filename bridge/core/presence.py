@@ -78,6 +78,18 @@ class Presence:
             self._timers.cancel(("grace", user))
         return joined
 
+    def hold(self, user: str, now: float) -> bool:
+        """The user is present upstream without a live client (their join went
+        through, their transport did not): present until ``now + grace``, like a
+        user whose last client just went. True when they just became present."""
+        if user in self._users:
+            return False
+        self._users[user] = _User(grace_until=now + self.grace)
+        self._timers.schedule(("grace", user), now + self.grace)
+        if self.keepalive is not None:
+            self._timers.schedule(("keepalive", user), now + self.keepalive)
+        return True
+
     def disconnect(self, client: str, now: float) -> None:
         """A client's last transport went away; the grace starts if it was the user's last."""
         user = self._client_user.pop(client, None)

@@ -30,3 +30,8 @@ class TokenBucket:
         """Seconds until ``cost`` tokens are there (0 when they are)."""
         missing = cost - self._tokens
         return 0.0 if missing <= 0 else missing / self.rate
+
+    def full(self, now: float) -> bool:
+        """True when the bucket has refilled to ``burst`` by ``now``: it is then the
+        same as a new one, so its owner may forget it (and make a new one later)."""
+        return self._tokens + max(0.0, now - self._at) * self.rate >= self.burst

@@ -3,6 +3,7 @@
 Accepts the envelope shape ``{"type", "id"?, "payload"?}`` and the legacy flat
 shape ``{"type":"vote","sessionId":"s1","userId":"u1","vote":"5"}``: every
 field other than type/id/sessionId/userId/timestamp moves into ``payload``.
+Values no codec can carry (:mod:`.values`) are refused here, at the edge.
 Never raises; returns :class:`~bridge.exceptions.ProtocolError` instances.
 """
 
@@ -12,6 +13,7 @@ from typing import Any
 
 from ..exceptions import BadMessage, Forbidden, ProtocolError
 from .types import ENVELOPE_FIELDS, MAX_COMMAND_ID, Command
+from .values import problem
 
 
 def _message_id(raw: dict[Any, Any]) -> str | None:
@@ -31,6 +33,9 @@ def normalise(raw: object, session_id: str, user_id: str) -> Command | ProtocolE
         return BadMessage("'type' must be a non-empty string", id=mid)
     if "id" in raw and raw["id"] is not None and mid is None:
         return BadMessage(f"'id' must be a string of 1-{MAX_COMMAND_ID} characters")
+    wrong = problem(raw)
+    if wrong is not None:  # it would break an encoder on its way (see values.py)
+        return BadMessage(f"cannot carry this message: {wrong}", id=mid)
     if "sessionId" in raw and raw["sessionId"] != session_id:
         return Forbidden("the message names another session", id=mid)
     if "userId" in raw and raw["userId"] != user_id:

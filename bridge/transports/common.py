@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
 
 from ..config import Config
-from ..exceptions import BackplaneUnavailable, ProtocolError
+from ..exceptions import ProtocolError
 from ..metrics import Metrics
-from ..runtime import Bridge, ConnectRequest, JoinRefused, Session, parse_connect
+from ..protocol.types import Command
+from ..runtime import Admission, Bridge, Identity, Refusal, parse_connect
+from ..tasks import TaskOwner
 
 CONFIG: web.AppKey[Config] = web.AppKey("config", Config)
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics", Metrics)
@@ -105,28 +106,19 @@ def client_ip(request: web.Request, trusted: tuple[str, ...] = ()) -> str:
     return ip
 
 
-@dataclass(frozen=True, slots=True)
-class Identity:
-    """Who a connection is: its client, session and user, and what its upstream
-    requests are templated and sent with (connect parameters, forwarded headers)."""
-
-    client_id: str
-    session_id: str
-    user_id: str
-    params: Mapping[str, str]
-    headers: Mapping[str, str]
-
-
 class ClientConnection:
     """What every transport's connection holds: the fields of the runtime's
     Connection protocol. Subclasses add how they write (and their own slots)."""
 
     __slots__ = (
         "client_id", "session_id", "user_id", "params", "headers", "last_rx", "busy",
-        "closed", "close_reason",
+        "closed", "close_reason", "next_ping", "tasks", "inbox",
     )  # fmt: skip
 
-    def __init__(self, who: Identity, now: float, close_reason: str = "client") -> None:
+    def __init__(
+        self, who: Identity, now: float, close_reason: str = "client",
+        count: Callable[[str], None] | None = None,
+    ) -> None:  # fmt: skip
         self.client_id = who.client_id
         self.session_id = who.session_id
         self.user_id = who.user_id
@@ -136,6 +128,9 @@ class ClientConnection:
         self.busy = False
         self.closed = False
         self.close_reason = close_reason
+        self.next_ping = now
+        self.tasks = TaskOwner("connection", count=count)
+        self.inbox: list[Command] = []
 
 
 class SendQueue:
@@ -179,40 +174,12 @@ class SendQueue:
         return data
 
 
-#: HTTP statuses for the close codes a refused connection gets (protocol.md).
-STATUS_FOR_CLOSE = {1008: 403, 1012: 503, 1013: 503, 4400: 400, 4401: 401, 4404: 404}
-
-
-@dataclass(frozen=True, slots=True)
-class Refusal:
-    """Why a connection is not admitted, as a close code and as an HTTP status."""
-
-    close_code: int
-    code: str
-    message: str
-    reason: str  # metrics label
-
-    @property
-    def status(self) -> int:
-        return STATUS_FOR_CLOSE.get(self.close_code, 400)
-
-    def response(self, retry_after: float = 1.0) -> web.Response:
-        headers = {"Retry-After": str(max(1, round(retry_after)))} if self.status == 503 else None
-        return json_error(self.status, self.code, self.message, headers)
-
-
-@dataclass(frozen=True, slots=True)
-class Admitted:
-    req: ConnectRequest
-    session: Session
-    client_id: str
-    by_token: bool
-    ip: str
-
-    @property
-    def who(self) -> Identity:
-        req = self.req
-        return Identity(self.client_id, req.session_id, req.user_id, req.params, req.headers)
+def refusal_response(refusal: Refusal, retry_after: float = 1.0) -> web.Response:
+    """A refused HTTP transport's answer: the status for its close code, the JSON
+    error body, and ``Retry-After`` on 503."""
+    status = refusal.status
+    headers = {"Retry-After": str(max(1, round(retry_after)))} if status == 503 else None
+    return json_error(status, refusal.code, refusal.message, headers)
 
 
 async def admit(
@@ -221,61 +188,31 @@ async def admit(
     *,
     seq_param: str = "lastSeq",
     last_seq_header: str | None = None,
-) -> Admitted | Refusal:
+) -> Admission | Refusal:
     """Every check a new stream connection passes, the same for every transport:
-    origin, connect parameters, draining, limits, resume token, upstream join."""
+    origin and connect parameters here, then the runtime's admission (limits,
+    resume token, the upstream join), within ``limits.handshake_timeout``."""
     bridge = request.app[BRIDGE]
     cfg = bridge.cfg
-    try:
-        async with asyncio.timeout(cfg.limits.handshake_timeout):
-            admitted = await _admit(bridge, cfg, request, seq_param, last_seq_header)
-    except TimeoutError:
-        admitted = Refusal(1013, "timeout", "the handshake took too long", "handshake_timeout")
-        session = bridge.sessions.get(request.query.get("sessionId", ""))
-        if session is not None:
-            bridge.drop_if_idle(session)
+    admitted: Admission | Refusal
+    if not origin_allowed(cfg, request.headers.get("Origin")):
+        admitted = Refusal(1008, "forbidden", "origin not allowed", "origin")
+    else:
+        req = parse_connect(
+            request.query, request.headers, cfg.upstream.forward_headers,
+            seq_param=seq_param, last_seq_header=last_seq_header,
+        )  # fmt: skip
+        if isinstance(req, ProtocolError):
+            admitted = Refusal(req.close_code, req.code, req.message, "bad_request")
+        else:
+            ip = client_ip(request, cfg.security.trusted_proxies)
+            try:
+                async with asyncio.timeout(cfg.limits.handshake_timeout):
+                    admitted = await bridge.admit(req, ip)
+            except TimeoutError:  # the admission released what it held
+                admitted = Refusal(
+                    1013, "timeout", "the handshake took too long", "handshake_timeout"
+                )
     if isinstance(admitted, Refusal):
         bridge.metrics.connections_rejected.labels(transport, admitted.reason).inc()
     return admitted
-
-
-async def _admit(
-    bridge: Bridge, cfg: Config, request: web.Request, seq_param: str,
-    last_seq_header: str | None,
-) -> Admitted | Refusal:  # fmt: skip
-    if not origin_allowed(cfg, request.headers.get("Origin")):
-        return Refusal(1008, "forbidden", "origin not allowed", "origin")
-    req = parse_connect(
-        request.query, request.headers, cfg.upstream.forward_headers,
-        seq_param=seq_param, last_seq_header=last_seq_header,
-    )  # fmt: skip
-    if isinstance(req, ProtocolError):
-        return Refusal(req.close_code, req.code, req.message, "bad_request")
-    if bridge.closing:
-        return Refusal(1012, "draining", "server restarting", "draining")
-    if len(bridge.connections) >= cfg.limits.max_connections:
-        return Refusal(1013, "overloaded", "too many connections", "overload")
-    ip = client_ip(request, cfg.security.trusted_proxies)
-    if bridge.per_ip.get(ip, 0) >= cfg.limits.max_connections_per_ip:
-        return Refusal(1013, "overloaded", "too many connections from this address", "per_ip")
-    auth = bridge.authenticate(req)
-    if isinstance(auth, ProtocolError):
-        return Refusal(auth.close_code, auth.code, auth.message, "unauthorized")
-    client_id, by_token = auth
-    session = bridge.session(req.session_id)
-    try:
-        await bridge.backplane.open(session)
-    except BackplaneUnavailable as exc:
-        bridge.drop_if_idle(session)
-        return Refusal(1013, exc.code, "the shared backplane is unreachable; retry", "backplane")
-    if len(session.conns) >= cfg.limits.max_clients_per_session and (
-        client_id not in session.conns
-    ):
-        bridge.drop_if_idle(session)
-        return Refusal(1013, "session_full", "session is full", "session_full")
-    try:
-        await bridge.ensure_joined(session, req.user_id, client_id, req)
-    except JoinRefused as exc:
-        bridge.drop_if_idle(session)
-        return Refusal(exc.close_code, exc.code, exc.message, "join_refused")
-    return Admitted(req, session, client_id, by_token, ip)

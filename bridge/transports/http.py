@@ -21,6 +21,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from ..config import Config
 from ..protocol.codecs import JSON, MSGPACK, Codec, codec_for_media_type
+from ..protocol.headers import accepts_coding
 
 #: Above this, gzip runs in a worker thread instead of the event loop.
 GZIP_IN_THREAD_BYTES = 256 * 1024
@@ -51,12 +52,7 @@ def body_codec(request: web.Request, cfg: Config) -> Codec | None:
 
 
 def accepts_gzip(request: web.Request) -> bool:
-    for part in request.headers.get("Accept-Encoding", "").split(","):
-        name, _, params = part.strip().partition(";")
-        if name.strip().lower() in ("gzip", "*"):
-            q = params.strip()
-            return not (q.startswith("q=") and float(q[2:] or 0) == 0.0)
-    return False
+    return accepts_coding(request.headers.get("Accept-Encoding"), "gzip")
 
 
 async def encoded_response(

@@ -23,7 +23,8 @@ from ..exceptions import BadMessage, ProtocolError
 from ..protocol import tokens
 from ..protocol.codecs import Codec, decode_batch
 from ..protocol.types import RESERVED_PARAMS, Message
-from .common import BRIDGE, ClientConnection, Identity, json_error, origin_allowed
+from ..runtime import Identity
+from .common import BRIDGE, ClientConnection, json_error, origin_allowed
 from .http import (
     BodyTooBig,
     BodyUnreadable,

@@ -37,15 +37,14 @@ from aiohttp import web
 from ..core.replay import Entry, Resumed
 from ..protocol.codecs import JSON, Codec, encode_batch
 from ..protocol.types import Message
-from ..runtime import Bridge, Session, parse_connect
+from ..runtime import Bridge, Identity, Refusal, Session, parse_connect
 from .common import (
     BRIDGE,
     ClientConnection,
-    Identity,
-    Refusal,
     admit,
     json_error,
     origin_allowed,
+    refusal_response,
     transport_disabled,
 )
 from .http import accept_codec, encoded_response
@@ -63,7 +62,7 @@ class PollConnection(ClientConnection):
     rx_timeout = True  # no poll for heartbeat.timeout ends the transport
 
     def __init__(self, bridge: Bridge, who: Identity, now: float) -> None:
-        super().__init__(who, now, close_reason="timeout")
+        super().__init__(who, now, close_reason="timeout", count=bridge.count_task_error)
         self.lingering = False
         self._bridge = bridge
         self._control: deque[Message] = deque(maxlen=MAX_CONTROL)
@@ -183,7 +182,7 @@ async def poll_handler(request: web.Request) -> web.StreamResponse:
     if wait is None:
         return json_error(400, "bad_request", "wait must be a number of seconds >= 0")
     if not origin_allowed(cfg, request.headers.get("Origin")):
-        return Refusal(1008, "forbidden", "origin not allowed", "origin").response()
+        return refusal_response(Refusal(1008, "forbidden", "origin not allowed", "origin"))
     req = parse_connect(
         request.query, request.headers, cfg.upstream.forward_headers, seq_param="cursor"
     )
@@ -201,10 +200,11 @@ async def poll_handler(request: web.Request) -> web.StreamResponse:
     if conn is None or session is None:
         admitted = await admit(request, "poll", seq_param="cursor")
         if isinstance(admitted, Refusal):
-            return admitted.response(cfg.reconnect.initial)
+            return refusal_response(admitted, cfg.reconnect.initial)
         req, session = admitted.req, admitted.session
-        conn = PollConnection(bridge, admitted.who, time.monotonic())
-        bridge.attach(session, conn, req, admitted.by_token, admitted.ip)
+        with admitted:
+            conn = PollConnection(bridge, admitted.who, time.monotonic())
+            admitted.attach(conn)
         bridge.watch(conn)
         wait = 0.0  # the first poll answers at once with its welcome
     else:

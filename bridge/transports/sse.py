@@ -26,15 +26,14 @@ from ..core.replay import Entry
 from ..protocol import sse
 from ..protocol.codecs import JSON
 from ..protocol.types import Message
-from ..runtime import Bridge
+from ..runtime import Bridge, Identity, Refusal
 from .common import (
     BRIDGE,
     ClientConnection,
-    Identity,
-    Refusal,
     SendQueue,
     admit,
     cors_headers,
+    refusal_response,
     transport_disabled,
 )
 
@@ -53,7 +52,7 @@ class SSEConnection(ClientConnection):
     rx_timeout = False  # the client speaks over POST; a failed write ends the stream
 
     def __init__(self, bridge: Bridge, who: Identity, now: float) -> None:
-        super().__init__(who, now)
+        super().__init__(who, now, count=bridge.count_task_error)
         self._bridge = bridge
         self._queue = SendQueue(bridge.cfg.limits.send_queue_bytes)
         self._wake = asyncio.Event()
@@ -114,16 +113,17 @@ async def events_handler(request: web.Request) -> web.StreamResponse:
         return off
     admitted = await admit(request, "sse", last_seq_header=request.headers.get("Last-Event-ID"))
     if isinstance(admitted, Refusal):
-        return admitted.response(bridge.cfg.reconnect.initial)
+        return refusal_response(admitted, bridge.cfg.reconnect.initial)
     req = admitted.req
-    conn = SSEConnection(bridge, admitted.who, time.monotonic())
     resp = EventSourceResponse(
         ping_interval=NO_LIBRARY_PINGS,
         sep="\n",
         headers=cors_headers(bridge.cfg, request.headers.get("Origin")),
     )
-    await resp.prepare(request)
-    bridge.attach(admitted.session, conn, req, admitted.by_token, admitted.ip)
+    with admitted:  # released unless attached: prepare() may fail (the client went away)
+        await resp.prepare(request)
+        conn = SSEConnection(bridge, admitted.who, time.monotonic())
+        admitted.attach(conn)
     bridge.watch(conn)
     try:
         await conn.run(resp)
@@ -135,6 +135,7 @@ async def events_handler(request: web.Request) -> web.StreamResponse:
         bridge.unwatch(conn)
         bridge.detach(conn, conn.close_reason)
         resp.stop_streaming()
+        await conn.tasks.join()
     if request.transport is not None and not request.transport.is_closing():
         try:
             await resp.write_eof()

@@ -22,17 +22,8 @@ from ..core.replay import Entry
 from ..protocol.codecs import JSON, SUBPROTOCOLS, Codec
 from ..protocol.frames import OP_BINARY, OP_TEXT, frame
 from ..protocol.types import Message
-from ..runtime import Bridge
-from .common import (
-    BRIDGE,
-    ClientConnection,
-    Identity,
-    Refusal,
-    SendQueue,
-    admit,
-    json_error,
-    transport_disabled,
-)
+from ..runtime import Bridge, Identity, Refusal
+from .common import BRIDGE, ClientConnection, SendQueue, admit, json_error, transport_disabled
 
 log = logging.getLogger("bridge.transports.websocket")
 
@@ -59,7 +50,7 @@ class WebSocketConnection(ClientConnection):
         codec: Codec,
         now: float,
     ) -> None:
-        super().__init__(who, now)
+        super().__init__(who, now, count=bridge.count_task_error)
         self.ws = ws
         self.codec = codec
         self._bridge = bridge
@@ -92,7 +83,7 @@ class WebSocketConnection(ClientConnection):
             self._slow()
             return False
         if self._drainer is None:
-            self._drainer = asyncio.get_running_loop().create_task(self._drain())
+            self._drainer = self.tasks.spawn(self._drain(), "writing to a websocket")
         return True
 
     async def _drain(self) -> None:
@@ -174,13 +165,15 @@ class WebSocketConnection(ClientConnection):
             return
         self.closed = True
         self.close_reason = label or _label_for(code)
-        asyncio.get_running_loop().create_task(self._close(code, reason))
+        self.tasks.spawn(self._close(code, reason), "closing a websocket")
 
     async def _close(self, code: int, reason: str) -> None:
-        if self._drainer is not None:  # what was queued before the close goes first
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(asyncio.shield(self._drainer), 2.0)
-        await self.ws.close(code=code, message=reason.encode("utf-8")[:120])
+        drainer = self._drainer
+        if drainer is not None:  # what was queued before the close goes first
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(drainer), 2.0)
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            await self.ws.close(code=code, message=reason.encode("utf-8")[:120])
 
 
 def _label_for(code: int) -> str:
@@ -209,25 +202,28 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
     if not ws.can_prepare(request).ok:
         return json_error(400, "bad_request", "expected a WebSocket upgrade request")
     admitted = await admit(request, "websocket")
-    await ws.prepare(request)
     if isinstance(admitted, Refusal):
         # Browsers cannot read an HTTP status on a failed upgrade: refuse with a close code.
+        await ws.prepare(request)
         await ws.close(code=admitted.close_code, message=admitted.message.encode()[:120])
         return ws
-    req, session = admitted.req, admitted.session
-    codec = SUBPROTOCOLS.get(ws.ws_protocol or "", JSON)
-    conn = WebSocketConnection(ws, request, bridge, admitted.who, codec, time.monotonic())
-    bridge.attach(session, conn, req, admitted.by_token, admitted.ip)
+    with admitted:  # released unless attached: prepare() may fail (the client went away)
+        await ws.prepare(request)
+        codec = SUBPROTOCOLS.get(ws.ws_protocol or "", JSON)
+        conn = WebSocketConnection(ws, request, bridge, admitted.who, codec, time.monotonic())
+        admitted.attach(conn)
     bridge.watch(conn)
     try:
+        # Reading never waits for work: commands go to the connection's worker
+        # (runtime/commands.py), so pongs and other frames keep being read.
         async for msg in ws:
             if msg.type is WSMsgType.TEXT:
                 if msg.data.startswith(PONG):  # every client, every interval: keep it cheap
                     bridge.pong(conn, msg.data)
                 else:
-                    await bridge.receive(conn, msg.data)
+                    bridge.receive(conn, msg.data)
             elif msg.type is WSMsgType.BINARY:
-                await bridge.receive(conn, msg.data)
+                bridge.receive(conn, msg.data)
             elif msg.type is WSMsgType.PING:
                 conn.last_rx = time.monotonic()
                 await ws.pong(msg.data)
@@ -236,12 +232,18 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
             elif msg.type is WSMsgType.ERROR:
                 conn.close_reason = "protocol_error"
     except Exception:
-        log.exception("closing a connection of session %s after an internal error", req.session_id)
-        conn.closed = True
+        log.exception(
+            "closing a connection of session %s after an internal error", admitted.req.session_id
+        )
         conn.close_reason = "internal_error"
-        await ws.close(code=1011, message=b"internal error")
+        conn.closed = True
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            await ws.close(code=1011, message=b"internal error")
     finally:
         conn.closed = True
         bridge.unwatch(conn)
         bridge.detach(conn, conn.close_reason)
+        # the command upstream finishes (its ack is kept for the client's retry);
+        # the close handshake and the writer end; cancelled, they are cancelled too
+        await conn.tasks.join()
     return ws

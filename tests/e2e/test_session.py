@@ -360,13 +360,14 @@ async def test_an_internal_error_closes_1011_and_others_are_served(stack: Stack,
     broken = await stack.connect("s1", "broken")
     fine = await stack.connect("s1", "fine")
 
-    async def explode(conn, raw):
+    async def explode(conn, cmd):
         if conn.user_id == "broken":
             raise RuntimeError("a bug")
-        return await original(conn, raw)
+        return await original(conn, cmd)
 
-    original = stack.bridge.handle_message
-    monkeypatch.setattr(stack.bridge, "handle_message", explode)
+    # the connection's command worker meets a bug (runtime/commands.py)
+    original = stack.bridge.commands.command
+    monkeypatch.setattr(stack.bridge.commands, "command", explode)
     await broken.send({"type": "vote", "id": "x", "payload": {"vote": "1"}})
     assert await broken.closed() == 1011
     assert (await fine.command("vote", {"vote": "2"}))["status"] == "ok"

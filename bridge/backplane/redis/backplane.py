@@ -5,9 +5,9 @@ session id as a hash tag):
 
 - the **stream** is a Redis Stream; a Lua script assigns the next seq and
   appends in one step, so every instance sees one order. Each instance keeps
-  a mirror (:class:`~bridge.core.replay.ReplayLog`, fed by ``accept``) and
-  follows the session with one pub/sub subscription, whatever its number of
-  clients there; a missed or out-of-order message is caught up from the
+  a mirror of the log (the runtime's, fed through :class:`~..base.Events`)
+  and follows the session with one pub/sub subscription, whatever its number
+  of clients there; a missed or out-of-order message is caught up from the
   Stream, and a hole it cannot fill, or a new epoch, makes the instance
   reload the log and ask its clients to resume;
 - **presence** is a sorted set of user → deadline (ms); instances holding a
@@ -23,7 +23,9 @@ session id as a hash tag):
 When Redis cannot be reached the instance keeps its connected clients and
 its mirrors, forwards commands with its own de-dupe window, keeps its own
 users alive, reports not-ready, and reconnects with backoff; docs/scaling.md
-says exactly what degrades.
+says exactly what degrades. Only Redis' own failures (``RedisError``,
+``OSError``, timeouts) count as an outage: any other exception is a bug,
+logged with its traceback and counted, and changes no health.
 """
 
 from __future__ import annotations
@@ -38,8 +40,8 @@ import secrets
 import socket
 import time
 from collections.abc import Awaitable
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.client import PubSub
@@ -47,200 +49,31 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import RedisError
 
-from ..core.dedupe import Done, New, Pending
-from ..core.hub import state_digest
-from ..core.replay import ReplayLog
-from ..exceptions import BackplaneUnavailable
-from ..protocol import messages as m
-
-if TYPE_CHECKING:
-    from ..runtime import Bridge, Session
+from ...config import Config
+from ...core.hub import state_digest
+from ...exceptions import BackplaneUnavailable
+from ...metrics import Metrics
+from ...protocol import messages as m
+from ...tasks import TaskOwner
+from ..base import Events, LoggedEntry, SessionView, SharedDone, SharedNew
+from .keys import Keys
+from .scripts import Append, Scripts, parse_lease, parse_presence, text
 
 log = logging.getLogger("bridge.backplane")
 
-# Shared by the two scripts that append to a session's stream.
-_LUA_COMMON = """
-local function now_ms()
-  local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
-local function epoch_of(meta, candidate)
-  local e = redis.call('HGET', meta, 'epoch')
-  if not e then
-    e = candidate
-    redis.call('HSET', meta, 'epoch', e)
-  end
-  return e
-end
-local function append(meta, log, latest, kind, payload, maxlen, max_age, ttl, channel, epoch)
-  local seq = redis.call('HINCRBY', meta, 'seq', 1)
-  local id = redis.call('XADD', log, 'MAXLEN', '~', maxlen, '*',
-                        'seq', seq, 'type', kind, 'payload', payload)
-  if tonumber(max_age) > 0 then
-    local minid = now_ms() - tonumber(max_age)
-    if minid > 0 then redis.call('XTRIM', log, 'MINID', '~', string.format('%d', minid)) end
-  end
-  local s = string.format('%d', seq)
-  redis.call('HSET', latest, kind, s .. '\\n' .. payload)
-  redis.call('PEXPIRE', meta, ttl)
-  redis.call('PEXPIRE', log, ttl)
-  redis.call('PEXPIRE', latest, ttl)
-  local nl = '\\n'
-  redis.call('PUBLISH', channel, epoch .. nl .. id .. nl .. s .. nl .. kind .. nl .. payload)
-  return seq
-end
-"""
-
-# KEYS meta log latest; ARGV payload digest fence maxlen max_age ttl channel epoch must_exist
-_PUBLISH_STATE = (
-    _LUA_COMMON
-    + """
-if ARGV[9] == '1' and redis.call('EXISTS', KEYS[1]) == 0 then return {'', -2} end
-local epoch = epoch_of(KEYS[1], ARGV[8])
-if ARGV[3] ~= '' and redis.call('HGET', KEYS[1], 'fence') ~= ARGV[3] then return {epoch, -1} end
-if redis.call('HGET', KEYS[1], 'digest') == ARGV[2] then return {epoch, 0} end
-redis.call('HSET', KEYS[1], 'digest', ARGV[2])
-return {epoch, append(KEYS[1], KEYS[2], KEYS[3], 'session', ARGV[1],
-                      ARGV[4], ARGV[5], ARGV[6], ARGV[7], epoch)}
-"""
-)
-
-# KEYS meta log latest presence users; ARGV maxlen max_age ttl channel epoch expire
-# → {epoch, seq (0: unchanged), online count, gone user, its context, ...}
-_PRESENCE = (
-    _LUA_COMMON
-    + """
-local epoch = epoch_of(KEYS[1], ARGV[5])
-local gone = {}
-if ARGV[6] == '1' then
-  local now = string.format('%d', now_ms())
-  gone = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', now)
-  if #gone > 0 then redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now) end
-end
-local online = redis.call('ZRANGE', KEYS[4], 0, -1)
-table.sort(online)
-local quoted = {}
-for i, u in ipairs(online) do quoted[i] = '"' .. u .. '"' end
-local payload = '{"online":[' .. table.concat(quoted, ',') .. ']}'
-local seq = 0
-if redis.call('HGET', KEYS[1], 'online') ~= payload then
-  redis.call('HSET', KEYS[1], 'online', payload)
-  seq = append(KEYS[1], KEYS[2], KEYS[3], 'presence', payload,
-               ARGV[1], ARGV[2], ARGV[3], ARGV[4], epoch)
-end
-local out = {epoch, seq, #online}
-for _, u in ipairs(gone) do
-  table.insert(out, u)
-  table.insert(out, redis.call('HGET', KEYS[5], u) or '')
-  redis.call('HDEL', KEYS[5], u)
-end
-return out
-"""
-)
-
-# KEYS presence users; ARGV user grace_ms context ttl → 1 when the user was absent
-_CLAIM = (
-    _LUA_COMMON
-    + """
-local was = redis.call('ZSCORE', KEYS[1], ARGV[1])
-redis.call('ZADD', KEYS[1], 'GT', string.format('%d', now_ms() + tonumber(ARGV[2])), ARGV[1])
-redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
-redis.call('PEXPIRE', KEYS[1], ARGV[4])
-redis.call('PEXPIRE', KEYS[2], ARGV[4])
-if was then return 0 end
-return 1
-"""
-)
-
-# KEYS presence; ARGV grace_ms user... (users with a live transport here)
-_TOUCH = (
-    _LUA_COMMON
-    + """
-local deadline = string.format('%d', now_ms() + tonumber(ARGV[1]))
-for i = 2, #ARGV do redis.call('ZADD', KEYS[1], 'GT', deadline, ARGV[i]) end
-return #ARGV - 1
-"""
-)
-
-# KEYS lease meta log latest presence users; ARGV token lease_ms want ttl
-# → {fence ('' when not held), seq, epoch, present users}
-_LEASE = """
-local cur = redis.call('GET', KEYS[1])
-local fence = false
-if cur == ARGV[1] then
-  if ARGV[3] == '1' then
-    redis.call('PEXPIRE', KEYS[1], ARGV[2])
-    fence = redis.call('HGET', KEYS[2], 'fence')
-    if not fence then fence = tostring(redis.call('HINCRBY', KEYS[2], 'fence', 1)) end
-  else
-    redis.call('DEL', KEYS[1])
-  end
-elseif not cur and ARGV[3] == '1' then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-  fence = tostring(redis.call('HINCRBY', KEYS[2], 'fence', 1))
-end
-if fence then
-  for i = 2, 6 do redis.call('PEXPIRE', KEYS[i], ARGV[4]) end
-end
-return {fence or '', redis.call('HGET', KEYS[2], 'seq') or '0',
-        redis.call('HGET', KEYS[2], 'epoch') or '', redis.call('ZCARD', KEYS[5])}
-"""
-
-# KEYS lease; ARGV token
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
-
-# KEYS cmd; ARGV expected new ttl → 1 when the value was still ``expected``
-_SWAP = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
-  return 1
-end
-return 0
-"""
-
 PENDING = "pending:"  # + the forwarding instance
-
-
-@dataclass(frozen=True, slots=True)
-class Keys:
-    """Every key of one session (``{id}`` is a Redis Cluster hash tag)."""
-
-    meta: str
-    log: str
-    latest: str
-    presence: str
-    users: str
-    lease: str
-    channel: str
-    cmd_prefix: str
-
-    @classmethod
-    def of(cls, prefix: str, session_id: str) -> Keys:
-        base = f"{prefix}:{{{session_id}}}:"
-        return cls(
-            meta=base + "meta",
-            log=base + "log",
-            latest=base + "latest",
-            presence=base + "presence",
-            users=base + "users",
-            lease=base + "lease",
-            channel=base + "events",
-            cmd_prefix=base + "cmd:",
-        )
-
-    def command(self, user: str, command_id: str) -> str:
-        return f"{self.cmd_prefix}{user}:{command_id}"
+#: what Redis being unreachable looks like; anything else is a bug of ours
+OUTAGE = (RedisError, OSError, TimeoutError, BackplaneUnavailable)
+_NEW = SharedNew()
 
 
 @dataclass(eq=False)
 class Follower:
     """This instance's view of one session it serves."""
 
-    session: Session
+    session: SessionView
     keys: Keys
+    tasks: TaskOwner
     ready: asyncio.Future[None] | None = None
     loading: bool = True
     dirty: bool = False
@@ -254,23 +87,22 @@ class Follower:
     #: itself, under a local epoch (until the next reload)
     diverged: bool = False
     syncing: asyncio.Task[None] | None = None
-    background: set[asyncio.Task[Any]] = field(default_factory=set)
-
-
-def _s(value: Any) -> str:
-    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 
 class RedisBackplane:
     kind = "redis"
     shared = True
 
-    def __init__(self, bridge: Bridge) -> None:
-        self.bridge = bridge
-        self.cfg = bridge.cfg.backplane
+    def __init__(self, cfg: Config, metrics: Metrics, events: Events) -> None:
+        self.config = cfg
+        self.cfg = cfg.backplane
+        self.metrics = metrics
+        self.events = events
         self.instance = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         self.redis = self._client()
+        self.scripts = Scripts(self.redis)
         self.followers: dict[str, Follower] = {}
+        self.tasks = TaskOwner("backplane", count=self._count_task_error)
         self._healthy = False
         #: a failure was seen (False while starting: not ready, yet not an outage)
         self._down = False
@@ -280,21 +112,18 @@ class RedisBackplane:
         #: channels Redis confirmed, and connects waiting for a confirmation
         self._subscribed: set[str] = set()
         self._sub_waiters: dict[str, asyncio.Future[None]] = {}
-        self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
-        self._publish = self.redis.register_script(_PUBLISH_STATE)
-        self._presence = self.redis.register_script(_PRESENCE)
-        self._claim = self.redis.register_script(_CLAIM)
-        self._touch = self.redis.register_script(_TOUCH)
-        self._lease = self.redis.register_script(_LEASE)
-        self._release = self.redis.register_script(_RELEASE)
-        self._swap = self.redis.register_script(_SWAP)
         #: exists while this instance lives (refreshed every round): a command it
         #: forwards is only answered as "outcome unknown" once this is gone
         self._alive_key = f"{self.cfg.prefix}:alive:{self.instance}"
         self._self_channel = f"{self.cfg.prefix}:instance:{self.instance}"
-        self.metrics = bridge.metrics
         self.metrics.backplane_up.set(0)
+
+    def _count_task_error(self, owner: str) -> None:
+        self.metrics.task_errors.labels(owner).inc()
+
+    def reconfigure(self, cfg: Config) -> None:
+        self.config = cfg  # the backplane section itself only changes at a restart
 
     # ------------------------------------------------------------------ settings
     @property
@@ -303,23 +132,27 @@ class RedisBackplane:
         return min(1.0, self.cfg.lease / 3)
 
     def _ttl_ms(self) -> int:
-        cfg = self.bridge.cfg
+        cfg = self.config
         return int((cfg.replay.max_age + cfg.presence.grace + 60 + self.cfg.lease) * 1000)
 
     def _grace_ms(self) -> int:
-        return int(self.bridge.cfg.presence.grace * 1000)
+        return int(self.config.presence.grace * 1000)
 
     def _window_ms(self) -> int:
-        return max(1, int(self.bridge.cfg.dedupe.window * 1000))
+        return max(1, int(self.config.dedupe.window * 1000))
 
     def _alive_ms(self) -> int:
         return int(max(self.cfg.lease, 3 * self.round_every) * 1000)
 
     def _pending_ms(self) -> int:
         """How long a command may stay "upstream" before a repeat may forward it again."""
-        up = self.bridge.cfg.upstream
+        up = self.config.upstream
         tries = up.retry.attempts
         return int((up.timeout * tries + up.retry.max * tries + up.hold + 5) * 1000)
+
+    def _append(self) -> Append:
+        replay = self.config.replay
+        return Append(replay.max_messages, int(replay.max_age * 1000), self._ttl_ms())
 
     def _client(self) -> aioredis.Redis:
         cfg = self.cfg
@@ -379,8 +212,8 @@ class RedisBackplane:
         # Down: every instance polls the sessions of its own clients (nobody can know
         # the lease holder). Up again: only the holders do.
         for f in list(self.followers.values()):
-            if f.fence is None and (f.session.conns or not up):
-                self.bridge.ownership_changed(f.session, self.owns(f.session))
+            if f.fence is None and (f.session.has_clients or not up):
+                self.events.ownership_changed(f.session, self.owns(f.session))
 
     def status(self) -> dict[str, Any]:
         return {
@@ -391,53 +224,47 @@ class RedisBackplane:
         }
 
     async def start(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._tasks = [
-            loop.create_task(self._reader_loop(), name="backplane-reader"),
-            loop.create_task(self._round_loop(), name="backplane-rounds"),
-        ]
+        self.tasks.spawn(self._reader_loop(), "pub/sub reader")
+        self.tasks.spawn(self._round_loop(), "rounds")
 
     async def stop(self) -> None:
         """Release our leases (so another instance takes over at once) and disconnect."""
         self._stopping = True
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for f in list(self.followers.values()):
+            await f.tasks.aclose()
+        await self.tasks.aclose()
         owned = [f for f in self.followers.values() if f.fence is not None]
         if self._healthy:
-            with contextlib.suppress(RedisError, OSError, asyncio.TimeoutError):
+            with contextlib.suppress(*OUTAGE):
                 async with asyncio.timeout(2.0):
                     pipe = self.redis.pipeline(transaction=False)
                     pipe.delete(self._alive_key)  # the drain answered everything in flight
                     for f in owned:
-                        await self._release(keys=[f.keys.lease], args=[self.instance], client=pipe)
+                        await self.scripts.release(f.keys, token=self.instance, client=pipe)
                     await _execute(pipe)
-        for f in self.followers.values():
-            for task in list(f.background):
-                task.cancel()
         if self._pubsub is not None:
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(*OUTAGE):
                 await self._pubsub.aclose()  # type: ignore[no-untyped-call]
-        with contextlib.suppress(Exception):
+        with contextlib.suppress(*OUTAGE):
             await self.redis.aclose()
 
     # ------------------------------------------------------------------ following
-    async def open(self, session: Session) -> None:
+    async def open(self, session: SessionView) -> None:
         f = self.followers.get(session.id)
         if f is not None and f.session is not session:  # a dropped session came back
             self._forget(f)
             f = None
         if f is None:
-            f = self.followers[session.id] = Follower(session, Keys.of(self.cfg.prefix, session.id))
+            f = Follower(
+                session,
+                Keys.of(self.cfg.prefix, session.id),
+                TaskOwner("backplane", count=self._count_task_error),
+            )
+            self.followers[session.id] = f
         if f.ready is None:
             f.ready = asyncio.get_running_loop().create_future()
-            self._spawn(f, self._load_first(f))
-        try:
-            await asyncio.shield(f.ready)
-        except BackplaneUnavailable:
-            raise
-        except Exception as exc:  # pragma: no cover - defensive
-            raise BackplaneUnavailable(str(exc)) from exc
+            f.tasks.spawn(self._load_first(f), f"opening session {session.id}")
+        await asyncio.shield(f.ready)
 
     async def _load_first(self, f: Follower) -> None:
         assert f.ready is not None
@@ -448,7 +275,7 @@ class RedisBackplane:
                 # before any command here can be marked as ours (rounds renew it)
                 await self.redis.set(self._alive_key, b"1", px=self._alive_ms())
         except Exception as exc:  # Redis unreachable (or a bug): never leave connects waiting
-            if not isinstance(exc, RedisError | OSError | TimeoutError | BackplaneUnavailable):
+            if not isinstance(exc, OUTAGE):
                 log.exception("opening session %s failed", f.session.id)
             self.metrics.backplane_errors.labels("open").inc()
             err = BackplaneUnavailable(f"redis: {type(exc).__name__}: {exc}")
@@ -460,13 +287,16 @@ class RedisBackplane:
         if not f.ready.done():
             f.ready.set_result(None)
         # a free lease is taken now, not at the next round: the first state comes sooner
-        with contextlib.suppress(RedisError, OSError):
-            answer = await self._lease_call(f, want=True)
-            fence = _s(answer[0]) or None
-            if fence is not None and f.fence is None and self.followers.get(f.session.id) is f:
-                f.fence = fence
-                log.info("session %s: lease taken (fence %s)", f.session.id, fence)
-                self.bridge.ownership_changed(f.session, True)
+        with contextlib.suppress(*OUTAGE):
+            answer = parse_lease(await self._lease_call(f, want=True))
+            if (
+                answer.fence is not None
+                and f.fence is None
+                and self.followers.get(f.session.id) is f
+            ):
+                f.fence = answer.fence
+                log.info("session %s: lease taken (fence %s)", f.session.id, answer.fence)
+                self.events.ownership_changed(f.session, True)
 
     async def _subscribe(self, f: Follower) -> None:
         if not self._pubsub_ready.is_set():  # starting, or reconnecting: wait a little
@@ -487,51 +317,41 @@ class RedisBackplane:
 
     async def _load(self, f: Follower) -> None:
         """Read the session's log from Redis into a new mirror (and maybe a new epoch)."""
-        cfg = self.bridge.cfg
         f.loading = True
         f.dirty = False
         pipe = self.redis.pipeline(transaction=True)
         pipe.hsetnx(f.keys.meta, "epoch", secrets.token_urlsafe(9))
         pipe.pexpire(f.keys.meta, self._ttl_ms())
         pipe.hget(f.keys.meta, "epoch")
-        pipe.xrevrange(f.keys.log, "+", "-", count=cfg.replay.max_messages)
+        pipe.xrevrange(f.keys.log, "+", "-", count=self.config.replay.max_messages)
         pipe.hgetall(f.keys.latest)
         _, _, epoch_raw, window_raw, latest_raw = await _execute(pipe)
-        epoch = _s(epoch_raw)
-        now = time.monotonic()
-        mirror = ReplayLog(
-            epoch,
-            max_messages=cfg.replay.max_messages,
-            max_bytes=cfg.replay.max_bytes,
-            max_age=cfg.replay.max_age,
-        )
-        window = [(_s(i), d) for i, d in reversed(window_raw)]
+        window = [(text(i), d) for i, d in reversed(window_raw)]
         first = int(window[0][1][b"seq"]) if window else None
-        pinned = []
+        entries: list[LoggedEntry] = []
         for kind, value in latest_raw.items():
             seq_s, _, payload = value.partition(b"\n")
             if first is None or int(seq_s) < first:
-                pinned.append((int(seq_s), _s(kind), payload))
-        for seq, kind, payload in sorted(pinned):
-            mirror.accept(seq, kind, json.loads(payload), now)
+                entries.append(LoggedEntry(int(seq_s), text(kind), json.loads(payload)))
+        entries.sort(key=lambda e: e.seq)
         for _, data in window:
-            mirror.accept(int(data[b"seq"]), _s(data[b"type"]), json.loads(data[b"payload"]), now)
+            entries.append(_entry(data))
         f.last_id = window[-1][0] if window else None
-        self.bridge.replace_log(f.session, mirror)
+        self.events.log_loaded(f.session, text(epoch_raw), entries)
         f.diverged = False
         f.loading = False
         if f.dirty:
             self._catch_up(f)
 
-    def closed(self, session: Session) -> None:
+    def closed(self, session: SessionView) -> None:
         f = self.followers.get(session.id)
         if f is None or f.session is not session:
             return
         self._forget(f)
         if f.fence is not None and self._healthy:
-            self._fire(self._release(keys=[f.keys.lease], args=[self.instance]))
+            self._fire(self.scripts.release(f.keys, token=self.instance), "releasing a lease")
         if self._pubsub is not None and self._pubsub_ready.is_set():
-            self._fire(self._unsubscribe(self._pubsub, f.session.id, f.keys.channel))
+            self._fire(self._unsubscribe(self._pubsub, session.id, f.keys.channel), "unsubscribing")
 
     async def _unsubscribe(self, ps: PubSub, session_id: str, channel: str) -> None:
         if session_id in self.followers:  # opened again meanwhile: keep the subscription
@@ -543,27 +363,24 @@ class RedisBackplane:
     def _forget(self, f: Follower) -> None:
         if self.followers.get(f.session.id) is f:
             del self.followers[f.session.id]
-        for task in list(f.background):
-            task.cancel()
+        f.tasks.cancel()
         if f.ready is not None and not f.ready.done():
             f.ready.set_exception(BackplaneUnavailable("session closed"))
             f.ready.exception()
         f.fence = None
 
-    def _fire(self, aw: Awaitable[Any]) -> None:
+    def _fire(self, aw: Awaitable[Any], what: str) -> None:
+        """A Redis call nobody waits for; an outage only skips it."""
+        if self.tasks.closed:  # stopped: it is not made (and not left unawaited)
+            if asyncio.iscoroutine(aw):
+                aw.close()
+            return
+
         async def run() -> None:
-            with contextlib.suppress(RedisError, OSError, asyncio.TimeoutError):
+            with contextlib.suppress(*OUTAGE):
                 await aw
 
-        task = asyncio.get_running_loop().create_task(run())
-        self._tasks.append(task)
-        task.add_done_callback(lambda t: self._tasks.remove(t) if t in self._tasks else None)
-
-    def _spawn(self, f: Follower, coro: Any) -> asyncio.Task[Any]:
-        task = asyncio.get_running_loop().create_task(coro)
-        f.background.add(task)
-        task.add_done_callback(f.background.discard)
-        return task
+        self.tasks.spawn(run(), what)
 
     async def _reader_loop(self) -> None:
         """The one pub/sub connection of this instance; resubscribes after a failure."""
@@ -589,10 +406,8 @@ class RedisBackplane:
                 while True:
                     msg = await ps.get_message(timeout=1.0)
                     if msg is not None:
-                        self._on_pubsub(msg)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
+                        self._on_pubsub_safely(msg)
+            except OUTAGE as exc:
                 self.metrics.backplane_errors.labels("subscribe").inc()
                 self._set_health(False, f"{type(exc).__name__}: {exc}")
             finally:
@@ -603,14 +418,22 @@ class RedisBackplane:
                         waiter.set_exception(BackplaneUnavailable("redis connection lost"))
                         waiter.exception()
                 self._sub_waiters = {}
-                with contextlib.suppress(Exception):
+                with contextlib.suppress(*OUTAGE):
                     await ps.aclose()  # type: ignore[no-untyped-call]
             await asyncio.sleep(backoff * (0.5 + random.random()))
             backoff = min(backoff * 2, 5.0)
 
+    def _on_pubsub_safely(self, msg: dict[str, Any]) -> None:
+        """A bug while handling one message is logged; it is not a Redis outage."""
+        try:
+            self._on_pubsub(msg)
+        except Exception:
+            self.metrics.backplane_errors.labels("bug").inc()
+            log.exception("handling a backplane message failed")
+
     def _on_pubsub(self, msg: dict[str, Any]) -> None:
         kind = msg.get("type")
-        channel = _s(msg.get("channel", b""))
+        channel = text(msg.get("channel", b""))
         if kind in (b"subscribe", "subscribe"):
             self._subscribed.add(channel)
             waiter = self._sub_waiters.pop(channel, None)
@@ -619,33 +442,31 @@ class RedisBackplane:
             return
         if kind not in (b"message", "message"):
             return
-        session_id = channel[len(self.cfg.prefix) + 2 : -len("}:events")]
-        f = self.followers.get(session_id)
+        session_id = Keys.session_of_channel(self.cfg.prefix, channel)
+        f = self.followers.get(session_id) if session_id is not None else None
         if f is None:
             return
         if f.loading or f.syncing is not None:
             f.dirty = True
             return
         try:
-            epoch, stream_id, seq_s, kind_s, payload = _s(msg["data"]).split("\n", 4)
+            epoch, stream_id, seq_s, kind_s, payload = text(msg["data"]).split("\n", 4)
             seq = int(seq_s)
         except ValueError:  # pragma: no cover - only our script publishes here
             log.error("malformed backplane message on %s", channel)
             return
-        head = f.session.hub.log
-        if epoch != head.epoch:
+        view = f.session
+        if epoch != view.epoch:
             self._resync(f, "epoch")
-        elif seq == head.head + 1:
-            entry = head.accept(seq, kind_s, json.loads(payload), time.monotonic())
+        elif seq == view.head + 1:
+            self.events.stream_entry(view, LoggedEntry(seq, kind_s, json.loads(payload)))
             f.last_id = stream_id
-            if entry is not None:
-                self.bridge.broadcast(f.session, entry)
-        elif seq > head.head + 1:
+        elif seq > view.head + 1:
             self._catch_up(f)
 
     def _catch_up(self, f: Follower) -> None:
         if f.syncing is None and not f.loading:
-            f.syncing = self._spawn(f, self._sync(f))
+            f.syncing = f.tasks.spawn(self._sync(f), f"catching up session {f.session.id}")
 
     async def _sync(self, f: Follower) -> None:
         """Read what the mirror misses from the Stream (single-flight per session)."""
@@ -657,26 +478,23 @@ class RedisBackplane:
                 pipe.hget(f.keys.meta, "epoch")
                 pipe.xrange(f.keys.log, start, "+", count=500)
                 epoch_raw, entries = await _execute(pipe)
-                log_ = f.session.hub.log
-                if epoch_raw is not None and _s(epoch_raw) != log_.epoch:
+                view = f.session
+                if epoch_raw is not None and text(epoch_raw) != view.epoch:
                     f.syncing = None
                     self._resync(f, "epoch")
                     return
                 for stream_id, data in entries:
-                    seq = int(data[b"seq"])
-                    if seq > log_.head + 1:
+                    entry = _entry(data)
+                    if entry.seq > view.head + 1:
                         f.syncing = None
                         self._resync(f, "gap")
                         return
-                    entry = log_.accept(
-                        seq, _s(data[b"type"]), json.loads(data[b"payload"]), time.monotonic()
-                    )
-                    f.last_id = _s(stream_id)
-                    if entry is not None:
-                        self.bridge.broadcast(f.session, entry)
+                    if entry.seq == view.head + 1:
+                        self.events.stream_entry(view, entry)
+                    f.last_id = text(stream_id)
                 if len(entries) < 500 and not f.dirty:
                     return
-        except (RedisError, OSError) as exc:
+        except OUTAGE as exc:
             self.metrics.backplane_errors.labels("sync").inc()
             log.warning("catching up session %s failed: %s", f.session.id, exc)
         finally:
@@ -698,14 +516,14 @@ class RedisBackplane:
                 if f.diverged:
                     await self._rebase(f)
                 await self._load(f)
-            except (RedisError, OSError) as exc:
+            except OUTAGE as exc:
                 f.loading = False
                 self.metrics.backplane_errors.labels("sync").inc()
                 log.warning("reloading session %s failed: %s", f.session.id, exc)
                 return
-            self.bridge.ask_to_resume(f.session, "resync")
+            self.events.resume_all(f.session, "resync")
 
-        self._spawn(f, reload())
+        f.tasks.spawn(reload(), f"reloading session {f.session.id}")
 
     # ------------------------------------------------------------------ rounds
     async def _round_loop(self) -> None:
@@ -717,18 +535,21 @@ class RedisBackplane:
             try:
                 async with asyncio.timeout(max(self.cfg.connect_timeout, 5.0) * 2):
                     await self._round()
-                if self._pubsub_ready.is_set():
-                    self._set_health(True)
-                backoff = self.round_every
-                await asyncio.sleep(max(0.0, self.round_every - (time.monotonic() - started)))
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
+            except OUTAGE as exc:
                 self.metrics.backplane_errors.labels("round").inc()
                 self._set_health(False, f"{type(exc).__name__}: {exc}")
                 self._degraded_round()
                 await asyncio.sleep(backoff * (0.5 + random.random()))
                 backoff = min(backoff * 2, 5.0)
+                continue
+            except Exception:
+                # a bug of ours, not an outage: say so, and keep the rounds going
+                self.metrics.backplane_errors.labels("bug").inc()
+                log.exception("a backplane round failed")
+            if self._pubsub_ready.is_set():
+                self._set_health(True)
+            backoff = self.round_every
+            await asyncio.sleep(max(0.0, self.round_every - (time.monotonic() - started)))
 
     async def _round(self) -> None:
         followers = [f for f in self.followers.values() if not f.loading]
@@ -737,42 +558,39 @@ class RedisBackplane:
         lease_at: list[int] = []  # where each follower's lease answer is in the results
         n = 1
         for f in followers:
-            presence = f.session.hub.presence
-            users = [u for u in presence.online() if presence.clients_of(u)]
+            users = f.session.users_here()
             if users:
-                args: list[str | int] = [self._grace_ms(), *users]
-                await self._touch(keys=[f.keys.presence], args=args, client=pipe)
+                await self.scripts.touch(
+                    f.keys, users=users, grace_ms=self._grace_ms(), client=pipe
+                )
                 n += 1
-            want = bool(f.session.conns) or (f.fence is not None and f.present > 0)
+            want = f.session.has_clients or (f.fence is not None and f.present > 0)
             await self._lease_call(f, want=want, client=pipe)
             lease_at.append(n)
             n += 1
         results = await _execute(pipe)
-        lease_results = [results[i] for i in lease_at]
         owned: list[Follower] = []
-        for f, answer in zip(followers, lease_results, strict=True):
-            fence_raw, seq_raw, epoch_raw, present = answer
-            fence = _s(fence_raw) or None
-            f.present = int(present)
-            if fence != f.fence:
+        for f, i in zip(followers, lease_at, strict=True):
+            answer = parse_lease(results[i])
+            f.present = answer.present
+            if answer.fence != f.fence:
                 gained = f.fence is None
-                f.fence = fence
-                if fence is None or gained:
+                f.fence = answer.fence
+                if answer.fence is None or gained:
                     log.info(
                         "session %s: lease %s (fence %s)", f.session.id,
-                        "taken" if fence else "lost", fence,
+                        "taken" if answer.fence else "lost", answer.fence,
                     )  # fmt: skip
-                self.bridge.ownership_changed(f.session, fence is not None)
-            if fence is not None:
+                self.events.ownership_changed(f.session, answer.fence is not None)
+            if answer.fence is not None:
                 owned.append(f)
-            epoch = _s(epoch_raw)
             if f.diverged:  # served alone during the outage: a new epoch, then resume
                 self._resync(f, "epoch")
-            elif epoch and epoch != f.session.hub.log.epoch:
+            elif answer.epoch and answer.epoch != f.session.epoch:
                 self._resync(f, "epoch")
-            elif int(seq_raw) > f.session.hub.log.head:
+            elif answer.seq > f.session.head:
                 self._catch_up(f)
-            self.bridge.drop_if_idle(f.session)
+            self.events.settle(f.session)
         self.metrics.backplane_leases.set(sum(1 for f in self.followers.values() if f.fence))
         if owned:
             await self._owner_round(owned)
@@ -780,20 +598,16 @@ class RedisBackplane:
     async def _owner_round(self, owned: list[Follower]) -> None:
         pipe = self.redis.pipeline(transaction=False)
         for f in owned:
-            await self._presence_call(f, expire=True, client=pipe)
+            await self.scripts.presence(f.keys, expire=True, append=self._append(), client=pipe)
         results = await _execute(pipe)
         now = time.monotonic()
-        keepalive = self.bridge.cfg.upstream.keepalive
+        keepalive = self.config.upstream.keepalive
         due: list[Follower] = []
-        for f, result in zip(owned, results, strict=True):
-            f.present = int(result[2])
-            gone = result[3:]
-            for i in range(0, len(gone), 2):
-                user, context = _s(gone[i]), _s(gone[i + 1])
-                # on the session's own tasks: it is not dropped before the leave is sent
-                self.bridge.spawn(
-                    f.session, self.bridge.user_request(f.session, user, "leave", _ctx(context))
-                )
+        for f, raw in zip(owned, results, strict=True):
+            answer = parse_presence(raw)
+            f.present = answer.online
+            for user, context in answer.gone:
+                self.events.user_request(f.session, user, "leave", _ctx(context))
             if keepalive is not None and now - f.last_keepalive >= keepalive.every:
                 f.last_keepalive = now
                 due.append(f)
@@ -808,13 +622,12 @@ class RedisBackplane:
                 for user in users:
                     # no stored context (lost with Redis' data): the local one, if any
                     ctx = _ctx(contexts.get(user))
-                    request = self.bridge.user_request(f.session, _s(user), "keepalive", ctx)
-                    self.bridge.spawn(f.session, request)
+                    self.events.user_request(f.session, text(user), "keepalive", ctx)
 
     def _degraded_round(self) -> None:
         """Redis is down: keep this instance's own users alive upstream, as the
         memory backplane would (the lease holder cannot be known)."""
-        keepalive = self.bridge.cfg.upstream.keepalive
+        keepalive = self.config.upstream.keepalive
         if keepalive is None:
             return
         now = time.monotonic()
@@ -822,55 +635,33 @@ class RedisBackplane:
             if now - f.last_keepalive < keepalive.every:
                 continue
             f.last_keepalive = now
-            for user in f.session.hub.presence.online():
-                self.bridge.spawn(
-                    f.session, self.bridge.user_request(f.session, user, "keepalive", None)
-                )
-
-    def _append_args(self, k: Keys) -> list[str | int]:
-        """The arguments of the scripts' shared ``append``: maxlen, max_age (ms), the
-        keys' TTL (ms), the channel, and an epoch in case the session has none."""
-        replay = self.bridge.cfg.replay
-        return [
-            replay.max_messages, int(replay.max_age * 1000), self._ttl_ms(), k.channel,
-            secrets.token_urlsafe(9),
-        ]  # fmt: skip
-
-    async def _presence_call(self, f: Follower, *, expire: bool, client: Any = None) -> Any:
-        k = f.keys
-        return await self._presence(
-            keys=[k.meta, k.log, k.latest, k.presence, k.users],
-            args=[*self._append_args(k), "1" if expire else "0"],
-            client=client,
-        )
+            for user in f.session.online():
+                self.events.user_request(f.session, user, "keepalive", None)
 
     async def _lease_call(self, f: Follower, *, want: bool, client: Any = None) -> Any:
         """Take, renew (want) or release (not want) the session's lease."""
-        k = f.keys
-        return await self._lease(
-            keys=[k.lease, k.meta, k.log, k.latest, k.presence, k.users],
-            args=[self.instance, int(self.cfg.lease * 1000), "1" if want else "0", self._ttl_ms()],
-            client=client,
-        )
+        return await self.scripts.lease(
+            f.keys, token=self.instance, lease_ms=int(self.cfg.lease * 1000), want=want,
+            ttl_ms=self._ttl_ms(), client=client,
+        )  # fmt: skip
 
-    # ------------------------------------------------------------------ the interface
-    def owns(self, session: Session) -> bool:
+    # ------------------------------------------------------------------ the port
+    def owns(self, session: SessionView) -> bool:
         f = self.followers.get(session.id)
         if f is None or f.session is not session:
             return False
-        return f.fence is not None or (self._down and bool(session.conns))
+        return f.fence is not None or (self._down and session.has_clients)
 
-    def grace_over(self, session: Session, user: str) -> None:
+    def grace_over(self, session: SessionView, user: str) -> bool:
         # the lease holder sends the leave, once for every instance, when the
-        # user's deadline in Redis passes; here the user's context goes
-        if not session.hub.presence.is_present(user):
-            session.users.pop(user, None)
+        # user's deadline in Redis passes
+        return False
 
-    def keep(self, session: Session) -> bool:
+    def keep(self, session: SessionView) -> bool:
         f = self.followers.get(session.id)
         return f is not None and f.session is session and f.fence is not None and f.present > 0
 
-    async def publish_state(self, session: Session, payload: Any, now: float) -> int | None:
+    async def publish_state(self, session: SessionView, payload: Any, now: float) -> int | None:
         f = self.followers.get(session.id)
         if f is None or f.session is not session:  # pragma: no cover - a served session is followed
             return await self.publish(session.id, payload, None)
@@ -878,11 +669,11 @@ class RedisBackplane:
             try:
                 return await self.publish(session.id, payload, f.fence)
             except BackplaneUnavailable:
-                if session.conns:
+                if session.has_clients:
                     self._set_health(False, "publishing failed")
                 else:
                     raise
-        if not session.conns:
+        if not session.has_clients:
             raise BackplaneUnavailable("redis is unreachable and nobody is connected here")
         return self._publish_here(f, payload, now)
 
@@ -891,20 +682,15 @@ class RedisBackplane:
         under an epoch of this instance's own, so nobody can ever resume across
         the two numberings; the first reload after Redis returns starts a new
         epoch there too (see _rebase), and every client is reset once."""
-        hub = f.session.hub
         if not f.diverged:
             f.diverged = True
-            hub.log.epoch = f"{hub.log.epoch}~{secrets.token_urlsafe(4)}"
+            self.events.diverge(f.session)
             self.metrics.backplane_resyncs.labels("local").inc()
             log.warning(
                 "session %s: redis unreachable, its state goes to this instance's clients "
                 "from here until redis is back", f.session.id,
             )  # fmt: skip
-        entry = hub.state(payload, now)
-        if entry is None:
-            return None
-        self.bridge.broadcast(f.session, entry, now)
-        return entry.seq
+        return self.events.publish_local(f.session, payload, now)
 
     async def _rebase(self, f: Follower) -> None:
         """After serving a session on its own, start a new epoch in Redis: seqs
@@ -921,26 +707,22 @@ class RedisBackplane:
         """Append a state to the session's stream (if it changed). With a fence, only
         while that fence is current. Raises BackplaneUnavailable."""
         k = Keys.of(self.cfg.prefix, session_id)
-        text = json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
+        body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
         try:
-            epoch, seq = await self._publish(
-                keys=[k.meta, k.log, k.latest],
-                args=[
-                    text, state_digest(payload).hex(), fence or "", *self._append_args(k),
-                    "1" if must_exist else "0",
-                ],
+            _, seq = await self.scripts.publish_state(
+                k, payload=body, digest=state_digest(payload).hex(), fence=fence,
+                must_exist=must_exist, append=self._append(),
             )  # fmt: skip
-        except (RedisError, OSError) as exc:
+        except OUTAGE as exc:
             self.metrics.backplane_errors.labels("publish").inc()
             raise BackplaneUnavailable(f"redis: {exc}") from exc
-        seq = int(seq)
         if seq == -2:  # must_exist, and no instance serves the session
             return -2
         if seq == -1:  # fenced out: another instance took the lease
             f = self.followers.get(session_id)
             if f is not None and f.fence == fence:
                 f.fence = None
-                self.bridge.ownership_changed(f.session, False)
+                self.events.ownership_changed(f.session, False)
             return None
         return seq if seq > 0 else None
 
@@ -950,59 +732,58 @@ class RedisBackplane:
             return False, None
         return True, seq
 
-    async def claim_user(self, session: Session, user: str, context: dict[str, Any]) -> bool:
-        k = Keys.of(self.cfg.prefix, session.id)
+    async def claim_user(self, session: SessionView, user: str, context: dict[str, Any]) -> bool:
+        k = self._keys(session)
         try:
-            was_absent = await self._claim(
-                keys=[k.presence, k.users],
-                args=[user, self._grace_ms(), json.dumps(context), self._ttl_ms()],
-            )
-        except (RedisError, OSError) as exc:
+            return await self.scripts.claim(
+                k, user=user, grace_ms=self._grace_ms(), context=json.dumps(context),
+                ttl_ms=self._ttl_ms(),
+            )  # fmt: skip
+        except OUTAGE as exc:
             self.metrics.backplane_errors.labels("presence").inc()
             raise BackplaneUnavailable(f"redis: {exc}") from exc
-        return bool(was_absent)
 
-    async def _remove_user(self, session_id: str, user: str) -> None:
-        k = Keys.of(self.cfg.prefix, session_id)
+    def _keys(self, session: SessionView) -> Keys:
+        f = self.followers.get(session.id)
+        return f.keys if f is not None else Keys.of(self.cfg.prefix, session.id)
+
+    async def _remove_user(self, session: SessionView, user: str) -> None:
+        k = self._keys(session)
         pipe = self.redis.pipeline(transaction=True)
         pipe.zrem(k.presence, user)
         pipe.hdel(k.users, user)
         await _execute(pipe)
 
-    async def unclaim_user(self, session: Session, user: str) -> None:
-        with contextlib.suppress(RedisError, OSError):
-            await self._remove_user(session.id, user)
+    async def unclaim_user(self, session: SessionView, user: str) -> None:
+        with contextlib.suppress(*OUTAGE):
+            await self._remove_user(session, user)
 
-    async def joined(self, session: Session, user: str) -> None:
+    async def joined(self, session: SessionView, user: str) -> None:
         await self._publish_presence(session)
 
-    async def left(self, session: Session, user: str) -> None:
-        session.hub.leave(user, time.monotonic())  # stop refreshing it from here
+    async def left(self, session: SessionView, user: str) -> None:
         try:
-            await self._remove_user(session.id, user)
-        except (RedisError, OSError) as exc:
+            await self._remove_user(session, user)
+        except OUTAGE as exc:
             self.metrics.backplane_errors.labels("presence").inc()
             log.warning("leave of %s (session %s) not in redis: %s", user, session.id, exc)
             return
         await self._publish_presence(session)
 
-    async def _publish_presence(self, session: Session) -> None:
+    async def _publish_presence(self, session: SessionView) -> None:
         f = self.followers.get(session.id)
         if f is None:
             return
         try:
-            await self._presence_call(f, expire=False)
-        except (RedisError, OSError) as exc:
+            await self.scripts.presence(f.keys, expire=False, append=self._append())
+        except OUTAGE as exc:
             self.metrics.backplane_errors.labels("presence").inc()
             log.warning("presence of session %s not published: %s", session.id, exc)
 
     async def begin_command(
-        self, session: Session, user: str, command_id: str, now: float
-    ) -> New | Pending | Done:
-        local = session.hub.command(user, command_id, now)
-        if not isinstance(local, New):
-            return local  # this instance has it (upstream now, or its ack)
-        key = Keys.of(self.cfg.prefix, session.id).command(user, command_id)
+        self, session: SessionView, user: str, command_id: str
+    ) -> SharedNew | SharedDone:
+        key = self._keys(session).command(user, command_id)
         window_ms = self._window_ms()
         # at most once: the marker lasts the whole window; only its instance's
         # ack, or that instance dying, replaces it
@@ -1011,16 +792,14 @@ class RedisBackplane:
         try:
             while True:
                 if await self.redis.set(key, mine, nx=True, px=window_ms):
-                    return local
+                    return _NEW
                 value = await self.redis.get(key)
                 if value is None:
                     continue  # abandoned just now (its sender answered "send it again")
-                if not _s(value).startswith(PENDING):
-                    ack = json.loads(value)
-                    session.hub.command_done(user, command_id, ack, time.monotonic())
-                    return Done(ack)
+                if not text(value).startswith(PENDING):
+                    return SharedDone(json.loads(value))
                 # upstream on another instance: its ack lands here soon, unless it died
-                owner = _s(value)[len(PENDING) :]
+                owner = text(value)[len(PENDING) :]
                 alive = await self.redis.exists(f"{self.cfg.prefix}:alive:{owner}")
                 if not alive or time.monotonic() >= deadline:
                     ack = m.ack_error(
@@ -1028,36 +807,32 @@ class RedisBackplane:
                         "the instance forwarding it stopped; whether the app applied it is "
                         "unknown (it is not sent again)",
                     )  # fmt: skip
-                    if await self._swap(keys=[key], args=[value, json.dumps(ack), window_ms]):
-                        session.hub.command_done(user, command_id, ack, time.monotonic())
-                        return Done(ack)
+                    if await self.scripts.swap(
+                        key, expected=value, new=json.dumps(ack), ttl_ms=window_ms
+                    ):
+                        return SharedDone(ack)
                     continue
                 await asyncio.sleep(0.05)
-        except (RedisError, OSError) as exc:
+        except OUTAGE as exc:
             # Degraded: this instance's window only (docs/scaling.md).
             self.metrics.backplane_errors.labels("dedupe").inc()
             log.warning("redis de-dupe unavailable (%s): this instance's window only", exc)
-            return local
-        except BaseException:
-            session.hub.command_abandoned(user, command_id)
-            raise
+            return _NEW
 
     async def finish_command(
-        self, session: Session, user: str, command_id: str, ack: dict[str, Any], now: float
+        self, session: SessionView, user: str, command_id: str, ack: dict[str, Any]
     ) -> None:
-        session.hub.command_done(user, command_id, ack, now)
-        key = Keys.of(self.cfg.prefix, session.id).command(user, command_id)
-        window_ms = self._window_ms()
+        key = self._keys(session).command(user, command_id)
         try:
-            await self.redis.set(key, json.dumps(ack), px=window_ms)
-        except (RedisError, OSError) as exc:
+            await self.redis.set(key, json.dumps(ack), px=self._window_ms())
+        except OUTAGE as exc:
             self.metrics.backplane_errors.labels("dedupe").inc()
             log.warning("ack of %s not stored in redis: %s", command_id, exc)
 
-    def abandon_command(self, session: Session, user: str, command_id: str) -> None:
-        session.hub.command_abandoned(user, command_id)
-        key = Keys.of(self.cfg.prefix, session.id).command(user, command_id)
-        self._fire(self.redis.delete(key))
+    def abandon_command(self, session: SessionView, user: str, command_id: str) -> None:
+        key = self._keys(session).command(user, command_id)
+        mine = (PENDING + self.instance).encode()  # never another instance's marker
+        self._fire(self.scripts.delete_if(key, expected=mine), "forgetting an interrupted command")
 
 
 async def _execute(pipe: Any) -> Any:
@@ -1066,6 +841,11 @@ async def _execute(pipe: Any) -> Any:
         return await pipe.execute()
     finally:
         await pipe.reset()
+
+
+def _entry(data: dict[bytes, bytes]) -> LoggedEntry:
+    """One Stream entry (its fields) as the runtime takes it."""
+    return LoggedEntry(int(data[b"seq"]), text(data[b"type"]), json.loads(data[b"payload"]))
 
 
 def _ctx(raw: Any) -> dict[str, Any] | None:

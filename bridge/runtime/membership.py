@@ -1,0 +1,239 @@
+"""Membership: who is in a session upstream, and the requests that keep it so.
+
+- a user's first client makes the upstream ``join`` (once, on any instance:
+  :meth:`Membership.ensure_joined`); later clients of the user wait for it;
+- while present, the user is kept alive upstream (``upstream.keepalive``),
+  once per user whatever their number of clients;
+- when the last client goes the grace starts; when it runs out, one ``leave``
+  (on the instance the backplane picks); an explicit ``leave`` ends it at once.
+
+A join is part of an admission (``admission.py``): when the handshake fails
+after the join succeeded, the user is handed to the grace like a client that
+connected and went (:meth:`Membership.hold`), so the app gets its leave; a join
+whose outcome is unknown (cancelled in flight, a timeout, a 5xx) is undone at
+once with a leave.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any, Literal
+
+from ..backplane import Backplane
+from ..config import Config
+from ..exceptions import (
+    BackplaneUnavailable,
+    JoinRefused,
+    UpstreamError,
+    UpstreamRejected,
+    UpstreamUnavailable,
+)
+from ..upstream.client import UpstreamClient
+from ..upstream.templates import MissingValue
+from .connection import ConnectRequest
+from .fanout import Fanout
+from .session import Joined, Session, UserContext
+from .sessions import Sessions
+
+log = logging.getLogger("bridge.runtime")
+
+
+def template_context(
+    session_id: str, user_id: str, client_id: str, params: Mapping[str, Any],
+    payload: Mapping[str, Any],
+) -> dict[str, Any]:  # fmt: skip
+    """What a route's placeholders are filled from (upstream/templates.py)."""
+    return {
+        "sessionId": session_id,
+        "userId": user_id,
+        "clientId": client_id,
+        "params": params,
+        "payload": payload,
+    }
+
+
+class Membership:
+    def __init__(
+        self,
+        cfg: Config,
+        upstream: UpstreamClient,
+        backplane: Backplane,
+        sessions: Sessions,
+        fanout: Fanout,
+    ) -> None:
+        self.cfg = cfg
+        self.upstream = upstream
+        self.backplane = backplane
+        self.sessions = sessions
+        self.fanout = fanout
+        sessions.ticker.on("session", self.tick)
+
+    # ------------------------------------------------------------------ join
+    async def ensure_joined(
+        self, session: Session, user_id: str, client_id: str, req: ConnectRequest
+    ) -> Joined:
+        """Send the upstream ``join`` for a user's first client (on any instance,
+        with a shared backplane). Raises JoinRefused (``uncertain`` when the app
+        may have applied it: then it has been undone)."""
+        if not session.hub.needs_join(user_id):
+            return Joined.ALREADY
+        pending = session.joining.get(user_id)
+        if pending is not None:
+            await asyncio.shield(pending)
+            return Joined.ALREADY  # that client's admission owns the join
+        fut: asyncio.Future[Joined] = asyncio.get_running_loop().create_future()
+        session.joining[user_id] = fut
+        try:
+            outcome = await self._join(session, user_id, client_id, req)
+        except BaseException as exc:
+            refused = exc if isinstance(exc, JoinRefused) else JoinRefused(
+                1013, "timeout", "join interrupted", uncertain=True
+            )  # fmt: skip
+            fut.set_exception(refused)
+            fut.exception()  # retrieved: later waiters re-raise it themselves
+            raise
+        else:
+            fut.set_result(outcome)
+            return outcome
+        finally:
+            session.joining.pop(user_id, None)
+
+    async def _join(
+        self, session: Session, user_id: str, client_id: str, req: ConnectRequest
+    ) -> Joined:
+        context = {"client": client_id, "params": req.params, "headers": req.headers}
+        try:
+            claimed = await self.backplane.claim_user(session, user_id, context)
+        except BackplaneUnavailable as exc:
+            raise JoinRefused(1013, exc.code, str(exc)) from None
+        if not claimed:  # present through another instance: no second join
+            return Joined.ALREADY
+        route = self.cfg.upstream.commands.get("join")
+        ctx = template_context(session.id, user_id, client_id, req.params, {})
+        uncertain = False
+        try:
+            if route is not None:
+                uncertain = True
+                await self.upstream.request("join", route, ctx, req.headers)
+                uncertain = False
+        except BaseException as exc:
+            sure_not = isinstance(exc, UpstreamRejected | UpstreamUnavailable | MissingValue)
+            if uncertain and not sure_not:
+                # cancelled in flight, a timeout or a 5xx: the app may have the user
+                self._undo_join(session, user_id, UserContext(client_id, req.params, req.headers))
+            elif isinstance(exc, Exception):
+                await self.backplane.unclaim_user(session, user_id)
+            else:  # cancelled before anything was sent: undone on the session's tasks
+                session.tasks.spawn(
+                    self.backplane.unclaim_user(session, user_id), "unclaiming an interrupted join"
+                )
+            if isinstance(exc, MissingValue):
+                raise JoinRefused(4400, "bad_request", f"join: {exc}") from None
+            if isinstance(exc, UpstreamRejected):
+                if exc.status in (401, 403):
+                    raise JoinRefused(4401, "unauthorized", exc.message) from None
+                if exc.status == 404:
+                    raise JoinRefused(4404, "not_found", exc.message) from None
+                raise JoinRefused(4400, "upstream_rejected", exc.message) from None
+            if isinstance(exc, UpstreamError):
+                raise JoinRefused(1013, exc.code, exc.message, uncertain=uncertain) from None
+            raise
+        await self.backplane.joined(session, user_id)
+        return Joined.JOINED
+
+    def _undo_join(self, session: Session, user: str, ctx: UserContext) -> None:
+        """A join that may have reached the app: send its leave (unless a client of
+        the user is here by now), and forget the user in the backplane."""
+
+        async def undo() -> None:
+            await self.backplane.unclaim_user(session, user)
+            if not session.hub.presence.is_present(user):
+                await self._user_request(session, user, "leave", ctx)
+
+        session.tasks.spawn(undo(), f"undoing the join of a user of session {session.id}")
+
+    def hold(self, session: Session, user: str) -> None:
+        """The user's join succeeded but their handshake did not: they are present
+        upstream with no client, so their grace starts now (then one leave)."""
+        entry = session.hub.hold(user, time.monotonic())
+        if entry is not None:
+            self.fanout.broadcast(session, entry)
+        self.sessions.schedule(session)
+
+    # ------------------------------------------------------------------ presence timers
+    def tick(self, session_id: str, now: float) -> None:
+        """The session's presence timer: keep-alives due, graces over."""
+        session = self.sessions.get(session_id)
+        if session is None:
+            return
+        tick = session.hub.tick(now)
+        for user in tick.keepalive:
+            self.user_request(session, user, "keepalive", None)
+        for user in tick.left:
+            if self.backplane.grace_over(session, user):
+                self.user_request(session, user, "leave", None)
+            elif not session.hub.presence.is_present(user):
+                session.users.pop(user, None)  # another instance sends the leave
+        if tick.presence is not None:
+            self.fanout.broadcast(session, tick.presence)
+        self.sessions.schedule(session)
+        self.sessions.update_gauges()
+
+    async def left(self, session: Session, user: str) -> None:
+        """An explicit leave was forwarded: the user is gone now, everywhere."""
+        entry = session.hub.leave(user, time.monotonic())
+        if entry is not None:
+            self.fanout.broadcast(session, entry)
+        await self.backplane.left(session, user)
+        self.sessions.schedule(session)
+
+    # ------------------------------------------------------------------ requests for a user
+    def user_request(
+        self,
+        session: Session,
+        user: str,
+        name: Literal["leave", "keepalive"],
+        stored: Mapping[str, Any] | None,
+    ) -> None:
+        """Send a keep-alive or leave for a user, on the session's tasks (the session
+        is not dropped before it is sent), with the context stored when they
+        joined (or the local one)."""
+        ctx: UserContext | None = None
+        if stored is not None:
+            params = stored.get("params")
+            headers = stored.get("headers")
+            ctx = UserContext(
+                str(stored.get("client", "")),
+                params if isinstance(params, dict) else {},
+                headers if isinstance(headers, dict) else {},
+            )
+        session.tasks.spawn(
+            self._user_request(session, user, name, ctx), f"{name} of a user of {session.id}"
+        )
+
+    async def _user_request(
+        self, session: Session, user: str, name: str, ctx_user: UserContext | None
+    ) -> None:
+        route: Any = self.cfg.upstream.keepalive
+        if name == "leave":
+            route = self.cfg.upstream.commands.get("leave")
+        try:
+            if route is None:
+                return
+            if ctx_user is None:
+                ctx_user = session.users.get(user)
+            params: Mapping[str, str] = ctx_user.params if ctx_user else {}
+            headers: Mapping[str, str] = ctx_user.headers if ctx_user else {}
+            client = ctx_user.client_id if ctx_user else ""
+            ctx = template_context(session.id, user, client, params, {})
+            await self.upstream.request(name, route, ctx, headers)
+        except (UpstreamError, MissingValue) as exc:
+            log.warning("%s for a user of session %s failed: %s", name, session.id, exc)
+        finally:
+            if name == "leave":
+                if not session.hub.presence.is_present(user):
+                    session.users.pop(user, None)
+                session.refresh.set()

@@ -1,0 +1,88 @@
+"""One session as this instance serves it: the sans-I/O hub plus what only I/O needs.
+
+A :class:`Session` is also the backplane's read-only
+:class:`~bridge.backplane.base.SessionView` of it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import Enum
+
+from ..core.hub import SessionHub
+from ..core.ratelimit import TokenBucket
+from ..protocol.types import Message
+from ..tasks import TaskOwner
+from .connection import Connection
+
+
+@dataclass(slots=True)
+class UserContext:
+    """What a user's upstream requests are templated and sent with (their first
+    client's connect parameters and forwarded headers)."""
+
+    client_id: str
+    params: Mapping[str, str]
+    headers: Mapping[str, str]
+
+
+class Joined(Enum):
+    """What an admission's join did: nothing (the user was present), or made them present."""
+
+    ALREADY = "already"
+    JOINED = "joined"
+
+
+@dataclass(eq=False)
+class Session:
+    id: str
+    hub: SessionHub
+    #: leaves, keep-alives (they keep the session alive) and the poller (it does not)
+    tasks: TaskOwner
+    conns: dict[str, Connection] = field(default_factory=dict)
+    users: dict[str, UserContext] = field(default_factory=dict)
+    #: userId → the join in progress for them (later clients of the user wait for it)
+    joining: dict[str, asyncio.Future[Joined]] = field(default_factory=dict)
+    #: (userId, command id) → the ack, for repeats that arrive while it is upstream
+    pending: dict[tuple[str, str], asyncio.Future[Message]] = field(default_factory=dict)
+    #: commands waiting for the upstream breaker to close
+    held: int = 0
+    #: clientId → its commands_per_second bucket
+    buckets: dict[str, TokenBucket] = field(default_factory=dict)
+    poller: asyncio.Task[None] | None = None
+    refresh: asyncio.Event = field(default_factory=asyncio.Event)
+    #: commands of this session upstream now
+    inflight: int = 0
+    #: handshakes admitted for clients not yet in ``conns`` (limits.max_clients_per_session)
+    reserved: int = 0
+    etag: str | None = None
+    last_modified: str | None = None
+    poll_failures: int = 0
+    #: the backplane refused the last state (logged once until it works again)
+    unpublished: bool = False
+    evictions_seen: int = 0
+
+    # -- the backplane's SessionView
+    @property
+    def epoch(self) -> str:
+        return self.hub.log.epoch
+
+    @property
+    def head(self) -> int:
+        return self.hub.log.head
+
+    @property
+    def has_clients(self) -> bool:
+        return bool(self.conns)
+
+    def users_here(self) -> list[str]:
+        presence = self.hub.presence
+        return [u for u in presence.online() if presence.clients_of(u)]
+
+    def online(self) -> list[str]:
+        return self.hub.presence.online()
+
+    def is_present(self, user: str) -> bool:
+        return self.hub.presence.is_present(user)
