@@ -73,7 +73,9 @@ class EventParser:
         self.retry: int | None = None
         self.error: MessageTooBig | None = None
         self._line = bytearray()  # the unfinished line
-        self._after_cr = False  # the last chunk ended with CR: a LF opening the next one is its pair
+        self._after_cr = (
+            False  # the last chunk ended with CR: a LF opening the next one is its pair
+        )
         self._first = True  # a byte order mark may open the first line only
         self._type = ""
         self._data: list[str] = []
@@ -88,26 +90,27 @@ class EventParser:
         self._after_cr = chunk[-1:] == b"\r"
         for end in _EOL.finditer(chunk, start):
             self._line += chunk[start : end.start()]
-            self._field(bytes(self._line), events)
+            ok = self._field(bytes(self._line), events)
             self._line.clear()
-            start = end.end()
-            if self.error is not None:
+            if not ok:
                 return events
+            start = end.end()
         self._line += chunk[start:]
         if len(self._line) > self.max_size:
             self._fail(f"an unfinished line is over {self.max_size} bytes")
         return events
 
-    def _field(self, raw: bytes, events: list[Event]) -> None:
+    def _field(self, raw: bytes, events: list[Event]) -> bool:
+        """Interpret one complete line; False once the parser has stopped."""
         if self._first:
             self._first = False
             raw = raw.removeprefix(_BOM)
         line = raw.decode("utf-8", "replace")
         if not line:
             self._dispatch(events)
-            return
+            return True
         if line.startswith(":"):
-            return  # a comment
+            return True  # a comment
         name, colon, value = line.partition(":")  # no colon: the line is the name, value ""
         if colon and value.startswith(" "):
             value = value[1:]
@@ -118,6 +121,7 @@ class EventParser:
             self._data_size += len(value) + 1
             if self._data_size > self.max_size:
                 self._fail(f"an event's data is over {self.max_size} characters")
+                return False
         elif name == "id":
             if "\0" not in value:
                 self.last_event_id = value
@@ -125,6 +129,7 @@ class EventParser:
             if value.isascii() and value.isdigit():
                 self.retry = int(value)
         # any other field is ignored
+        return True
 
     def _dispatch(self, events: list[Event]) -> None:
         if self._data:

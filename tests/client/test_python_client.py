@@ -159,6 +159,11 @@ async def test_the_client_command_watches_and_sends(stack: Stack):
     lines: list[dict] = []
 
     async def read_until(pred) -> dict:
+        # Lines already read count too: the bridge may answer "nonsense" (no upstream
+        # call) after the vote's ack and state, or before them.
+        for m in lines:
+            if pred(m):
+                return m
         async with asyncio.timeout(15):
             while True:
                 line = await proc.stdout.readline()

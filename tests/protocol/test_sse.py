@@ -309,9 +309,7 @@ def test_agrees_with_a_plain_reading_of_the_spec(data):
     )
 )
 def test_round_trip_with_the_formatter(items):
-    stream = b"".join(
-        event(t, json.dumps(d, ensure_ascii=False).encode(), i) for t, d, i in items
-    )
+    stream = b"".join(event(t, json.dumps(d, ensure_ascii=False).encode(), i) for t, d, i in items)
     events = bytewise(stream)
     assert [(e.type, json.loads(e.data)) for e in events] == [(t, d) for t, d, _ in items]
     last = ""
