@@ -30,11 +30,30 @@ export interface ConnectionState {
 
 export interface Ack { type: "ack"; id: string; status: "ok" | "error"; error?: { code: string; message: string } }
 
+export interface BridgeErrorOptions {
+  fatal?: boolean;
+  status?: number | null;
+  closeCode?: number | null;
+  reason?: string | null;
+  retryAfterMs?: number | null;
+  tokenRefused?: boolean;
+}
+
 export class BridgeError extends Error {
   code: string;
+  /** the bridge refused this client for good: the manager stopped */
   fatal: boolean;
+  /** HTTP status of a refused request */
   status: number | null;
-  constructor(code: string, message: string, options?: { fatal?: boolean; status?: number | null });
+  /** WebSocket close code */
+  closeCode: number | null;
+  /** the reason of a `reconnect` notice ("draining" ...) */
+  reason: string | null;
+  /** the bridge's retry_after (notice or Retry-After), ms */
+  retryAfterMs: number | null;
+  /** the request carried the resume token and was refused (4401 / 401): the manager connects afresh */
+  tokenRefused: boolean;
+  constructor(code: string, message: string, options?: BridgeErrorOptions);
 }
 
 export function backoffDelay(
@@ -42,6 +61,11 @@ export function backoffDelay(
   cfg: { initial_ms: number; max_ms: number; factor: number; jitter: number },
   rnd?: number,
 ): number;
+
+export type Ending = "lost" | "draining" | "overloaded";
+export function endingOf(err?: { closeCode?: number | null; status?: number | null; reason?: string | null }): Ending;
+/** draining: hintMs × rnd; overloaded: max(backoff, hintMs); lost or no hint: backoff */
+export function reconnectDelay(backoff: number, hintMs: number | null, ending: Ending, rnd?: number): number;
 
 export class ConnectionManager {
   constructor(options: ConnectionManagerOptions);
@@ -58,6 +82,10 @@ export class ConnectionManager {
   sendReset(): Promise<Ack>;
   getState(): ConnectionState;
   close(): void;
+  /** the final error, once the manager stopped (null while it runs or retries) */
+  error: BridgeError | null;
+  /** reconnect delays chosen (ms), for debugging and tests */
+  delays: number[];
 }
 export default ConnectionManager;
 

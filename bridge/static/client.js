@@ -6,9 +6,16 @@
 // - On a fallback, WebSocket is retried in the background every
 //   upgrade_interval; when it welcomes, it takes over and the fallback closes.
 // - Reconnects follow the bridge's advertised backoff:
-//   min(max, initial·factor^(n−1))·(1 − jitter·U), 1012/1013/503-aware; the
-//   attempt counter resets once a connection stayed up 10 s; the browser's
-//   `online` event retries at once (jittered).
+//   min(max, initial·factor^(n−1))·(1 − jitter·U); after a drain (1012, a
+//   `reconnect` notice with reason draining) uniform(0, retry_after), after
+//   1013 or a 503 at least retry_after (bridge/protocol/backoff.py has the
+//   same rules). The attempt counter resets once a connection stayed up
+//   10 s; the browser's `online` event retries at once (jittered).
+// - A connect that carried the resume token and was refused 4401 / 401 (a
+//   bridge restarted without a shared secret) drops token, epoch and seq and
+//   connects once afresh, keeping the outbox; a POST answered 401 does the
+//   same. Only a refusal without a token (the app refused the join) is final:
+//   the manager stops and rejects the queued commands with that error.
 // - Liveness is judged by wall-clock time (background tabs throttle timers).
 // - Commands wait in an outbox (bounded, expiring, overflow reported) until
 //   their ack; they are flushed after every welcome and re-sent with the
@@ -30,19 +37,50 @@ const STOP_CLOSE_CODES = new Set([1008, 4400, 4401, 4404]);
 const SERVER_TYPES = ["welcome", "session", "presence", "ack", "ping", "heartbeat", "error", "reconnect"];
 const UP_RESET_MS = 10000;
 
+// The same formulas as bridge/protocol/backoff.py (delay, ending, reconnect_delay).
 export function backoffDelay(attempt, { initial_ms, max_ms, factor, jitter }, rnd = Math.random()) {
-  const exp = Math.min(Math.max(attempt - 1, 0), 60);
+  let exp = Math.max(attempt - 1, 0);
+  if (factor > 1) exp = Math.min(exp, Math.floor(1000 / Math.log2(factor)));
   return Math.min(max_ms, initial_ms * Math.pow(factor, exp)) * (1 - jitter * rnd);
 }
 
+// Why a transport ended, for the wait: "draining" (1012, reconnect reason draining),
+// "overloaded" (1013, HTTP 503, another reconnect reason) or "lost" (anything else).
+export function endingOf({ closeCode = null, status = null, reason = null } = {}) {
+  if (reason != null) return reason === "draining" ? "draining" : "overloaded";
+  if (closeCode === 1012) return "draining";
+  if (closeCode === 1013 || status === 503) return "overloaded";
+  return "lost";
+}
+
+// The wait before reconnecting, given the backoff, the bridge's retry_after (ms, or null).
+export function reconnectDelay(backoff, hintMs, ending, rnd = Math.random()) {
+  if (ending === "lost" || hintMs == null) return backoff;
+  if (ending === "draining") return hintMs * rnd;
+  return Math.max(backoff, hintMs);
+}
+
 export class BridgeError extends Error {
-  constructor(code, message, { fatal = false, status = null } = {}) {
+  constructor(code, message, { fatal = false, status = null, closeCode = null, reason = null,
+    retryAfterMs = null, tokenRefused = false } = {}) {
     super(message);
     this.name = "BridgeError";
     this.code = code;
     this.fatal = fatal;
     this.status = status;
+    this.closeCode = closeCode;
+    this.reason = reason;           // of a `reconnect` notice
+    this.retryAfterMs = retryAfterMs;
+    this.tokenRefused = tokenRefused; // the request carried the resume token and was refused
   }
+}
+
+// The error for an HTTP refusal: 401 on a request with the token is not final.
+function httpError(code, message, status, carriedToken, retryAfter) {
+  const tokenRefused = status === 401 && carriedToken;
+  const fatal = !tokenRefused && ([400, 401, 403].includes(status) || (status === 404 && code !== "transport_disabled"));
+  const retryAfterMs = retryAfter != null && retryAfter !== "" && !Number.isNaN(Number(retryAfter)) ? Number(retryAfter) * 1000 : null;
+  return new BridgeError(code, message, { fatal, status, tokenRefused, retryAfterMs: status === 503 ? (retryAfterMs ?? 1000) : null });
 }
 
 // ---------------------------------------------------------------- transports
@@ -60,6 +98,7 @@ class WebSocketTransport {
   start() {
     return new Promise((resolve, reject) => {
       const mgr = this.mgr;
+      this.carriedToken = !!mgr.token;
       const ws = new WebSocket(mgr._url("websocket", true), ["bridge.v1.json"]);
       this.ws = ws;
       let welcomed = false;
@@ -83,9 +122,10 @@ class WebSocketTransport {
       ws.onclose = (ev) => {
         clearTimeout(openTimer);
         clearTimeout(welcomeTimer);
-        const fatal = STOP_CLOSE_CODES.has(ev.code);
-        const err = new BridgeError(`close_${ev.code}`, ev.reason || `closed (${ev.code})`, { fatal });
-        err.closeCode = ev.code;
+        const tokenRefused = ev.code === 4401 && this.carriedToken;
+        const fatal = STOP_CLOSE_CODES.has(ev.code) && !tokenRefused;
+        const err = new BridgeError(`close_${ev.code}`, ev.reason || `closed (${ev.code})`,
+          { fatal, closeCode: ev.code, tokenRefused });
         if (!welcomed) fail(err);
         else this._lost(err);
       };
@@ -119,15 +159,24 @@ class WebSocketTransport {
 class HttpSender {
   async send(items) {
     const mgr = this.mgr;
-    if (!mgr.token) return false;
+    const token = mgr.token;
+    if (!token || this.closed) return false;
     for (const item of items) item.sent = true;
     try {
-      const r = await fetch(mgr._endpoint("messages") + "?" + new URLSearchParams({ resumeToken: mgr.token }), {
+      const r = await fetch(mgr._endpoint("messages") + "?" + new URLSearchParams({ resumeToken: token }), {
         method: "POST",
         headers: { "Content-Type": "application/json", Accept: "application/json" },
         body: JSON.stringify(items.map((i) => i.message)),
         credentials: "include",
       });
+      if (r.status === 401 && token === mgr.token) {
+        // The bridge no longer takes this token (restarted without a shared secret,
+        // another instance's secret): retrying would be refused forever. End this
+        // transport; the manager connects afresh, the commands stay queued.
+        for (const item of items) item.sent = false;
+        this._end(new BridgeError("unauthorized", "the bridge refused the token of a POST", { status: 401, tokenRefused: true }));
+        return false;
+      }
       if (!r.ok) throw new BridgeError(`http_${r.status}`, `POST answered ${r.status}`, { status: r.status });
       const answer = await r.json();
       mgr._postRetry = 250;
@@ -146,6 +195,13 @@ class HttpSender {
     if (msg.type === "pong") return; // only WebSocket clients answer pings
     this.send([{ message: msg, sent: false }]);
   }
+
+  // End this transport with err: the manager decides what comes next.
+  _end(err) {
+    if (this.closed) return;
+    this.close();
+    this.mgr._lost(this, err);
+  }
 }
 
 class SSETransport extends HttpSender {
@@ -159,6 +215,8 @@ class SSETransport extends HttpSender {
   start() {
     return new Promise((resolve, reject) => {
       const mgr = this.mgr;
+      this.carriedToken = !!mgr.token;
+      const token = mgr.token;
       const es = new EventSource(mgr._url("events", true), { withCredentials: false });
       this.es = es;
       let welcomed = false;
@@ -175,10 +233,16 @@ class SSETransport extends HttpSender {
       es.onerror = () => {
         // EventSource would reconnect by itself; the manager decides instead.
         es.close();
-        clearTimeout(timer);
         const err = new BridgeError("sse_error", "the event stream failed");
-        if (!welcomed) fail(err);
-        else this._lost(err);
+        if (welcomed) { clearTimeout(timer); this._lost(err); return; }
+        if (!this.carriedToken) { clearTimeout(timer); fail(err); return; }
+        // EventSource hides the status of a refused stream. Ask the bridge whether
+        // it still takes the token (a POST of no messages): a 401 says it does not.
+        mgr._tokenRefused(token).then((refused) => {
+          clearTimeout(timer);
+          fail(refused ? new BridgeError("unauthorized", "the bridge refused the resume token",
+            { status: 401, tokenRefused: true }) : err);
+        });
       };
     });
   }
@@ -208,6 +272,7 @@ class PollTransport extends HttpSender {
   async _poll(first) {
     const mgr = this.mgr;
     const q = mgr._query(!first || mgr.token != null);
+    this.carriedToken = q.has("resumeToken");
     if (this.cursor != null) q.set("cursor", String(this.cursor));
     else if (mgr.token && mgr.epoch) q.set("cursor", String(mgr.seq));
     q.delete("lastSeq");
@@ -221,10 +286,7 @@ class PollTransport extends HttpSender {
       if (!r.ok) {
         let code = `http_${r.status}`;
         try { code = (await r.json()).error.code; } catch { /* not JSON */ }
-        const fatal = [400, 401, 403].includes(r.status) || (r.status === 404 && code !== "transport_disabled");
-        const err = new BridgeError(code, `poll answered ${r.status}`, { fatal, status: r.status });
-        err.retryAfterMs = Number(r.headers.get("Retry-After") || 0) * 1000;
-        throw err;
+        throw httpError(code, `poll answered ${r.status}`, r.status, this.carriedToken, r.headers.get("Retry-After"));
       }
       const body = await r.json();
       this.cursor = body.cursor;
@@ -308,7 +370,7 @@ export class ConnectionManager {
     this.timers = {};
     this.idCounter = 0;
     this.upSince = 0;
-    this.retryHintMs = null;
+    this.error = null; // the final error, once the manager stopped
     this.delays = []; // reconnect delays chosen, for debugging and tests
     this._connectWaiters = [];
     this._onOnline = () => { if (!this.active && !this.closed) this._scheduleReconnect(Math.random() * 1000); };
@@ -367,6 +429,7 @@ export class ConnectionManager {
   // -- connecting
   connect() {
     this.closed = false;
+    this.error = null;
     const p = new Promise((resolve, reject) => this._connectWaiters.push({ resolve, reject }));
     if (this.active) this._connectWaiters.splice(0).forEach((w) => w.resolve(this.getState()));
     else if (!this.connecting) this._cycle();
@@ -381,22 +444,20 @@ export class ConnectionManager {
     try {
       for (const kind of this.opts.transports) {
         if (this.closed) return;
-        const t = new TRANSPORT_CLASSES[kind](this);
-        this._log("trying", kind);
+        let t, welcome;
         try {
-          const welcome = await t.start();
-          if (this.closed) { t.close(); return; }
-          this._activate(t, welcome);
-          return;
+          [t, welcome] = await this._open(kind);
         } catch (err) {
-          t.close();
           this.lastTransport = kind;
           lastErr = err;
           this._log(kind, "failed:", err.code || err);
-          if (err.retryAfterMs) this.retryHintMs = err.retryAfterMs;
           if (err.fatal) { this._fatal(err); return; }
-          if (err.closeCode === 1012 || err.closeCode === 1013 || err.status === 503) break;
+          if (endingOf(err) !== "lost") break; // the bridge is there but busy: wait
+          continue;
         }
+        if (this.closed) { t.close(); return; }
+        this._activate(t, welcome);
+        return;
       }
       this.reconnectAttempts += 1;
       this._emit("error", lastErr || new BridgeError("unreachable", "no transport could connect"));
@@ -406,17 +467,63 @@ export class ConnectionManager {
     }
   }
 
+  // Connect with kind; a resume refused for its token is tried once afresh.
+  async _open(kind) {
+    try {
+      return await this._start(kind);
+    } catch (err) {
+      if (!err.tokenRefused) throw err;
+      this._log(kind, "resume token refused: connecting afresh");
+      this._forgetToken();
+    }
+    return await this._start(kind);
+  }
+
+  async _start(kind) {
+    const t = new TRANSPORT_CLASSES[kind](this);
+    this._log("trying", kind);
+    try {
+      return [t, await t.start()];
+    } catch (err) {
+      t.close();
+      throw err;
+    }
+  }
+
+  // The token is no good: the next connect is a fresh one (resumed: false).
+  _forgetToken() {
+    this.token = null;
+    this.epoch = null;
+    this.clientId = null;
+    this.seq = 0;
+  }
+
+  // POST of no messages with token: true when the bridge answers 401 (refuses it).
+  async _tokenRefused(token) {
+    if (!token) return false;
+    const q = new URLSearchParams({ resumeToken: token, sessionId: this.opts.sessionId, userId: this.opts.userId });
+    try {
+      const r = await fetch(this._endpoint("messages") + "?" + q, {
+        method: "POST", headers: { "Content-Type": "application/json", Accept: "application/json" },
+        body: "[]", credentials: "include",
+      });
+      return r.status === 401;
+    } catch {
+      return false; // unreachable: nothing learned
+    }
+  }
+
   _scheduleReconnect(delayMs, err) {
     if (this.closed) return;
     clearTimeout(this.timers.retry);
     let delay = delayMs;
     if (delay == null) {
       delay = backoffDelay(Math.max(1, this.reconnectAttempts), this.reconnectCfg);
-      const hint = this.retryHintMs;
-      if (hint != null) {
-        const code = err && err.closeCode;
-        delay = code === 1012 || (err && err.code === "draining") ? Math.random() * hint : Math.max(delay, hint);
-        this.retryHintMs = null;
+      if (err) {
+        const why = endingOf(err);
+        // 1012 / 1013 without a notice: the advertised initial delay stands for retry_after
+        const hint = err.retryAfterMs ?? (why === "lost" ? null : this.reconnectCfg.initial_ms);
+        delay = reconnectDelay(delay, hint, why);
       }
     }
     this.delays.push(Math.round(delay));
@@ -424,9 +531,12 @@ export class ConnectionManager {
     this.timers.retry = setTimeout(() => this._cycle(), delay);
   }
 
+  // Refused for good: no connect is tried any more, and nothing queued will be acked.
   _fatal(err) {
+    this.error = err;
     this._emit("error", err);
     for (const w of this._connectWaiters.splice(0)) w.reject(err);
+    for (const item of this.outbox.splice(0)) item.reject(err);
   }
 
   _activate(t, welcome) {
@@ -503,11 +613,14 @@ export class ConnectionManager {
         return;
       case "heartbeat": this.lastHeartbeat = Date.now(); return;
       case "error": this._emit("error", new BridgeError(msg.code, msg.message)); return;
-      case "reconnect":
-        this.retryHintMs = msg.retry_after_ms;
-        this._lost(transport, new BridgeError("draining", msg.reason || "the bridge asked to reconnect"));
+      case "reconnect": {
+        const reason = typeof msg.reason === "string" ? msg.reason : "";
+        const retryAfterMs = typeof msg.retry_after_ms === "number" ? msg.retry_after_ms : null;
+        this._lost(transport, new BridgeError(reason === "draining" ? "draining" : "reconnect",
+          reason || "the bridge asked to reconnect", { reason, retryAfterMs }));
         transport.close(1000, "reconnect requested");
         return;
+      }
       default: this._log("unknown message", msg);
     }
   }
@@ -541,8 +654,8 @@ export class ConnectionManager {
     if (Date.now() - this.upSince >= UP_RESET_MS) this.reconnectAttempts = 0;
     this._emit("disconnect", { code: err.closeCode ?? null, reason: err.message, transport: transport.kind });
     if (this.closed) return;
-    if (err.fatal) { this._fatal(err); return; }
-    if (err.closeCode === 1012 || err.closeCode === 1013) this.retryHintMs = this.retryHintMs ?? this.reconnectCfg.initial_ms;
+    if (err.tokenRefused) this._forgetToken(); // the next connect is a fresh one
+    else if (err.fatal) { this._fatal(err); return; }
     this.reconnectAttempts += 1;
     this._scheduleReconnect(null, err);
   }
@@ -583,6 +696,7 @@ export class ConnectionManager {
   }
 
   send(type, payload = {}) {
+    if (this.error) return Promise.reject(this.error);
     const id = `${(this.clientId || "c").slice(0, 16)}-${Date.now().toString(36)}-${(this.idCounter++).toString(36)}`;
     const message = { type, id, payload };
     return new Promise((resolve, reject) => {

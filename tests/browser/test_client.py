@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 from playwright.async_api import Page
 
 from tests.conftest import Stack
@@ -204,3 +205,106 @@ async def test_a_failed_post_of_commands_is_retried_while_the_transport_stays_up
     assert await page.evaluate("results") == ["ok"] and len(aborted) == 1
     assert await page.evaluate("log.disconnects.length") == 0  # the stream never dropped
     assert [c["body"]["vote"] for c in stack.commands("/votes/u1")] == ["8"]
+
+
+# The transports a page uses, from its URL (&t=sse,poll); the default order without.
+PAGE_T = PAGE.replace(
+    "debug: true,",
+    'debug: true, transports: (q.get("t") || "websocket,sse,poll").split(","),',
+)
+
+
+@pytest.mark.parametrize("transport", ["websocket", "sse", "poll"])
+async def test_a_page_comes_back_afresh_after_a_restart_without_a_secret(
+    make_stack, browser, transport
+):
+    """Without security.token_secret the restarted bridge refuses the page's
+    resume token (4401 / 401): the page drops it and connects afresh, its
+    queued vote is delivered once, and the state keeps coming."""
+    stack = await make_stack(
+        {**FAST_RECONNECT, "security": {"token_secret": ""}}, pages={"/t": PAGE_T}
+    )
+    page = await open_page(browser, stack, "nosecret", "u1", f"&t={transport}")
+    await wait_js(page, "window.mgr && mgr.getState().isConnected && log.states.length > 0")
+    assert await page.evaluate("mgr.getState().connectionType") == transport
+    epoch = await page.evaluate("mgr.epoch")
+    await stack.stop_bridge()
+    await wait_js(page, "!mgr.getState().isConnected")
+    await page.evaluate(
+        "() => { window.acks = []; mgr.sendVote('3')"
+        ".then((a) => acks.push(a.status), (e) => acks.push('err:' + e.code)); }"
+    )
+    await stack.restart_bridge()
+    await wait_js(page, f"mgr.getState().isConnected && mgr.epoch !== '{epoch}'", timeout=15)
+    connects = await page.evaluate("log.connects")
+    assert connects[-1]["resumed"] is False, connects
+    assert await page.evaluate("mgr.getState().connectionType") == transport
+    await wait_js(page, "window.acks.length === 1")
+    assert await page.evaluate("window.acks") == ["ok"]
+    assert [c["body"]["vote"] for c in stack.commands("/votes/u1")] == ["3"]
+    await push(stack, "nosecret", {"after": "restart"})
+    await wait_js(page, "log.states.at(-1).after === 'restart'")
+    errors = await page.evaluate("log.errors")
+    assert "close_4401" not in errors and "unauthorized" not in errors, errors
+
+
+async def test_the_reconnect_policy_of_the_page_matches_the_protocol(make_stack, browser):
+    """backoffDelay, endingOf and reconnectDelay as exported by /bridge/client.js:
+    the same values as bridge/protocol/backoff.py for each way a transport ends."""
+    stack = await make_stack(FAST_RECONNECT, pages={"/t": PAGE})
+    page = await open_page(browser, stack, "policy", "u1")
+    got = await page.evaluate(
+        """async () => {
+          const { backoffDelay, endingOf, reconnectDelay } = await import("/bridge/client.js");
+          const cfg = { initial_ms: 1000, max_ms: 30000, factor: 2, jitter: 0.5 };
+          return {
+            backoff: [1, 2, 3, 6, 7, 5000].map((n) => backoffDelay(n, cfg, 0)),
+            jittered: backoffDelay(3, cfg, 0.5),
+            unbounded: backoffDelay(5000, { ...cfg, max_ms: Infinity }, 0) === 1000 * 2 ** 1000,
+            endings: [
+              endingOf({}), endingOf({ closeCode: 1012 }), endingOf({ closeCode: 1013 }),
+              endingOf({ status: 503 }), endingOf({ closeCode: 1006 }),
+              endingOf({ reason: "draining" }), endingOf({ reason: "overloaded" }),
+              endingOf({ reason: "draining", closeCode: 1013 }),
+            ],
+            delays: [
+              reconnectDelay(5000, 2000, "draining", 0.25), reconnectDelay(300, 2000, "overloaded", 0.5),
+              reconnectDelay(5000, 2000, "overloaded", 0.5), reconnectDelay(300, null, "draining", 0.5),
+              reconnectDelay(300, 2000, "lost", 0.5),
+            ],
+          };
+        }"""
+    )
+    endings = ["lost", "draining", "overloaded", "overloaded", "lost", "draining", "overloaded"]
+    assert got == {
+        "backoff": [1000, 2000, 4000, 30000, 30000, 30000],
+        "jittered": 3000,
+        "unbounded": True,
+        "endings": [*endings, "draining"],
+        "delays": [500, 2000, 5000, 300, 300],
+    }
+
+
+async def test_a_503_while_connecting_waits_at_least_retry_after(make_stack, browser):
+    """A poll refused 503 (code draining, Retry-After: 1) while connecting: the
+    next try waits max(backoff, 1 s), not uniform(0, 1 s)."""
+    stack = await make_stack(FAST_RECONNECT, pages={"/t": PAGE_T})
+    refused: list[str] = []
+
+    async def first_refused(route) -> None:
+        if not refused:
+            refused.append(route.request.url)
+            await route.fulfill(
+                status=503, headers={"Retry-After": "1"}, content_type="application/json",
+                body='{"error": {"code": "draining", "message": "server restarting"}}',
+            )  # fmt: skip
+        else:
+            await route.continue_()
+
+    context = await browser.new_context()
+    await context.route("**/api/poll**", first_refused)
+    page = await context.new_page()
+    await page.goto(stack.url("/t?s=busy&u=u1&t=poll"))
+    await wait_js(page, "window.mgr && mgr.getState().isConnected", timeout=10)
+    assert len(refused) == 1
+    assert await page.evaluate("mgr.delays") == [1000]
