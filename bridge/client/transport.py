@@ -215,10 +215,10 @@ class HttpTransport(Transport):
                 headers={**owner.headers, "Content-Type": codec.content_type,
                          "Accept": codec.content_type},
             ) as r:  # fmt: skip
-                if r.status == 401:
-                    # The token is no good here (a restarted bridge, another secret):
-                    # retrying would be refused forever. End the transport; the
-                    # client connects afresh, keeping these commands.
+                if r.status == 401 and token == owner.token:
+                    # The token is no good here (expired, a restarted bridge, another
+                    # secret): retrying would be refused forever. End the transport;
+                    # the client connects afresh, keeping these commands.
                     self.fail(await http_refusal(r, carried_token=True))
                     return False
                 if r.status != 200:

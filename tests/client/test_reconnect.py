@@ -148,3 +148,24 @@ async def test_reconnect_delays_after_a_drain_are_spread_over_retry_after(make_s
     finally:
         for c in clients:
             await c.close()
+
+
+@pytest.mark.parametrize("transport", ["sse", "poll"])
+async def test_a_post_refused_for_its_token_leads_to_a_fresh_connect(make_stack, transport):
+    """The token expires while the stream stays up: the POST of a command is
+    answered 401. Instead of retrying it forever, the client connects afresh
+    and the command goes with the new token, once."""
+    stack = await make_stack({**FAST, "security": {"token_ttl": "2s"}})
+    c = make_client(stack, "expiry", "u1", transport)
+    welcomes: list[dict[str, Any]] = []
+    c.on_connect = welcomes.append
+    try:
+        await c.connect()
+        await asyncio.sleep(2.2)  # the token has expired; the stream is still up
+        ack = await asyncio.wait_for(c.send_vote("8"), 10)
+        assert ack["status"] == "ok"
+        assert [x["body"]["vote"] for x in stack.commands("/votes/u1")] == ["8"]
+        assert len(welcomes) >= 2 and welcomes[-1]["resumed"] is False, welcomes
+        assert c.error is None
+    finally:
+        await c.close()
