@@ -12,7 +12,7 @@
     │   └── Forbidden                            another session's or user's id (forbidden)
     ├── BackplaneUnavailable                     Redis (the shared backplane) cannot be reached
     ├── JoinRefused                              a user's upstream join failed (its close_code)
-    ├── ClientError                              the Python client's (defined in bridge.client.errors)
+    ├── ClientError                              the Python client's errors (bridge.client.errors)
     │   └── CommandFailed                        the bridge acked a command with an error
     └── UpstreamError                            the legacy app failed a request
         ├── UpstreamRejected                     it answered 4xx (error code upstream_rejected)
