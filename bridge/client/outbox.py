@@ -17,7 +17,6 @@ The outbox reads no clock: callers pass ``now`` (``time.monotonic()``).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,9 +42,6 @@ class Outbox:
 
     def __len__(self) -> int:
         return len(self._items)
-
-    def __iter__(self) -> Iterator[Command]:
-        return iter(list(self._items))
 
     def add(self, command: Command, now: float) -> None:
         """Queue ``command``, expiring old ones and dropping the oldest when full."""
