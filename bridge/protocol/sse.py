@@ -77,7 +77,7 @@ class EventParser:
             False  # the last chunk ended with CR: a LF opening the next one is its pair
         )
         self._first = True  # a byte order mark may open the first line only
-        self._type = ""
+        self._type = "message"  # the event type buffer; empty means "message"
         self._data: list[str] = []
         self._data_size = 0
 
@@ -105,17 +105,17 @@ class EventParser:
         if self._first:
             self._first = False
             raw = raw.removeprefix(_BOM)
-        line = raw.decode("utf-8", "replace")
+        line = raw.decode(errors="replace")  # UTF-8, invalid bytes as U+FFFD
         if not line:
             self._dispatch(events)
             return True
-        if line.startswith(":"):
-            return True  # a comment
+        # A line starting with ":" is a comment: its field name is empty, which is
+        # none of the names below, so it is ignored like any unknown field.
         name, colon, value = line.partition(":")  # no colon: the line is the name, value ""
         if colon and value.startswith(" "):
             value = value[1:]
         if name == "event":
-            self._type = value
+            self._type = value or "message"
         elif name == "data":
             self._data.append(value)
             self._data_size += len(value) + 1
@@ -134,8 +134,8 @@ class EventParser:
     def _dispatch(self, events: list[Event]) -> None:
         if self._data:
             data = "\n".join(self._data)
-            events.append(Event(self._type or "message", data, self.last_event_id, self.retry))
-        self._type = ""
+            events.append(Event(self._type, data, self.last_event_id, self.retry))
+        self._type = "message"
         self._data = []
         self._data_size = 0
 

@@ -79,6 +79,17 @@ def test_cr_at_a_chunk_end_pairs_with_a_lf_opening_the_next():
     assert parser.feed(b"\ndata: 4\n\n") == [Event("message", "3\n4")]
 
 
+def test_the_line_state_flags_are_booleans():
+    # White-box: both are read only for their truth, so a None there would pass
+    # every test above; the mutation run checks that nothing else takes their place.
+    parser = EventParser()
+    assert parser._after_cr is False and parser._first is True
+    parser.feed(b"x\r")
+    assert parser._after_cr is True and parser._first is False
+    parser.feed(b"\n")
+    assert parser._after_cr is False
+
+
 def test_a_lf_not_after_cr_is_a_line_end():
     parser = EventParser()
     assert parser.feed(b"data: 1\n") == []
