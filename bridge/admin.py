@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import time
+from collections import Counter
 from typing import Any
 
 from aiohttp import web
@@ -100,6 +101,19 @@ def _detail(session: Session, now: float, polls_here: bool) -> dict[str, Any]:
     }
 
 
+def _task_kinds() -> dict[str, int]:
+    """Running tasks by what they do (the bridge's own are named "owner: what";
+    others by their coroutine), for finding a leak."""
+    kinds: Counter[str] = Counter()
+    for task in asyncio.all_tasks():
+        name = task.get_name()
+        if name.startswith("Task-"):
+            coro = task.get_coro()
+            name = getattr(coro, "__qualname__", type(coro).__name__)
+        kinds[name] += 1
+    return dict(kinds.most_common())
+
+
 async def sessions(request: web.Request) -> web.Response:
     if not _authorised(request):
         return _unauthorised()
@@ -109,6 +123,7 @@ async def sessions(request: web.Request) -> web.Response:
             "sessions": [_summary(s) for s in bridge.sessions.values()],
             "connections": len(bridge.connections),
             "tasks": len(asyncio.all_tasks()),
+            "taskKinds": _task_kinds(),
             "breaker": bridge.upstream.breaker_state(),
             "draining": bridge.closing,
         }

@@ -22,13 +22,13 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from .admin import add_admin_routes
 from .config import Config, load_config
-from .exceptions import BackplaneUnavailable, ConfigError
+from .exceptions import BackplaneUnavailable, BodyTooBig, BodyUnreadable, ConfigError
 from .metrics import Metrics
 from .protocol.types import valid_id
 from .protocol.values import problem
 from .runtime import Bridge
 from .transports.common import BRIDGE, CONFIG, METRICS, edge_middleware, json_error
-from .transports.http import BodyTooBig, BodyUnreadable, read_body
+from .transports.http import read_body
 from .transports.messages import messages_handler
 from .transports.poll import poll_handler
 from .transports.sse import events_handler

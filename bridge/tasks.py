@@ -27,20 +27,24 @@ T = TypeVar("T")
 
 class TaskOwner:
     """The tasks of one owner. ``owner`` is a metrics label (bridge, backplane,
-    session, connection); ``on_idle`` runs when the last task that keeps the
+    session, connection) and, with ``what``, the tasks' names; ``about`` says
+    which one in logs (``session s1``); ``on_idle`` runs when the last task that keeps the
     owner alive has ended; ``count`` counts a task's exception."""
 
-    __slots__ = ("owner", "_tasks", "_quiet", "on_idle", "_count", "_closed")
+    __slots__ = ("owner", "about", "_tasks", "_quiet", "on_idle", "_count", "_closed")
     # (one per connection: kept small — a dict and a count, no set)
 
     def __init__(
         self,
         owner: str,
         *,
+        about: str = "",
         on_idle: Callable[[], None] | None = None,
         count: Callable[[str], None] | None = None,
     ) -> None:
         self.owner = owner
+        #: what the owner is, for logs (a session id, say); not in task names
+        self.about = about
         #: task → (what it does, whether it keeps the owner alive)
         self._tasks: dict[asyncio.Task[Any], tuple[str, bool]] = {}
         self._quiet = 0
@@ -85,7 +89,8 @@ class TaskOwner:
             exc = task.exception()
             if exc is not None:
                 log.error(
-                    "%s task failed (%s): %s: %s", self.owner, what, type(exc).__name__, exc,
+                    "%s task failed (%s%s): %s: %s", self.owner, what,
+                    f", {self.about}" if self.about else "", type(exc).__name__, exc,
                     exc_info=exc,
                 )  # fmt: skip
                 if self._count is not None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import shutil
 import signal
 import socket
@@ -179,6 +180,8 @@ class Cluster:
         self.instances = [Instance(i, cfg_path, workdir / f"bridge{i}.log") for i in range(n)]
         self.nginx_port = free_port()
         self.nginx: subprocess.Popen[bytes] | None = None
+        #: regexes of ERROR lines a test expects in the instances' logs
+        self.allow_errors: list[str] = []
 
     @property
     def url(self) -> str:
@@ -222,3 +225,16 @@ class Cluster:
 
     def logs(self) -> str:
         return "\n".join(f"--- instance {i.index}\n{i.log()[-4000:]}" for i in self.instances)
+
+    def unexpected_errors(self) -> list[str]:
+        """ERROR lines (and unhandled exceptions of the event loop, which asyncio
+        logs at ERROR) in the instances' logs that the test did not expect."""
+        allowed = [re.compile(p) for p in self.allow_errors]
+        found = []
+        for inst in self.instances:
+            for line in inst.log().splitlines():
+                if (" ERROR " in line or "never retrieved" in line) and not any(
+                    p.search(line) for p in allowed
+                ):
+                    found.append(f"instance {inst.index}: {line}")
+        return found

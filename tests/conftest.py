@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
+import logging
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -19,6 +22,49 @@ from bridge.config import Config, config_from_dict
 from bridge.demo.backend import BACKEND, Backend, make_backend_app
 from bridge.demo.page import add_demo_page
 from bridge.transports.common import BRIDGE
+
+
+class _ErrorRecords(logging.Handler):
+    """Every ERROR (and worse) logged anywhere during one test."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+def _describe(record: logging.LogRecord) -> str:
+    text = f"{record.name}: {record.getMessage()}"
+    if record.exc_info and record.exc_info[1] is not None:
+        text += f" ({type(record.exc_info[1]).__name__}: {record.exc_info[1]})"
+    return text
+
+
+@pytest.fixture(autouse=True)
+def no_silent_failures(request: pytest.FixtureRequest):
+    """Fails the test when anything logged an ERROR it did not expect: a bridge's
+    own errors, aiohttp's "Error handling request", and the event loop's
+    unhandled exceptions ("Task exception was never retrieved", "Exception in
+    callback", logged by asyncio). Tasks that died unobserved are collected
+    first, so their report lands in the test that made them.
+    Expected errors: ``@pytest.mark.allow_errors("regex", ...)``."""
+    handler = _ErrorRecords()
+    root = logging.getLogger()
+    root.addHandler(handler)
+    yield handler
+    gc.collect()
+    root.removeHandler(handler)
+    marker = request.node.get_closest_marker("allow_errors")
+    allowed = [re.compile(p) for p in (marker.args if marker else ())]
+    unexpected = [
+        _describe(r) for r in handler.records
+        if not any(p.search(_describe(r)) for p in allowed)
+    ]  # fmt: skip
+    if unexpected:
+        pytest.fail("unexpected errors were logged:\n  " + "\n  ".join(unexpected[:20]),
+                    pytrace=False)  # fmt: skip
 
 
 def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
@@ -494,3 +540,7 @@ async def make_cluster(aiohttp_server, redis_server, tmp_path):
     yield make
     for c in clusters:
         await c.stop()
+    errors = [e for c in clusters for e in c.unexpected_errors()]
+    if errors:
+        pytest.fail("bridge instances logged errors:\n  " + "\n  ".join(errors[:20]),
+                    pytrace=False)  # fmt: skip

@@ -97,3 +97,36 @@ async def test_demo_prints_a_url_that_serves_the_planning_poker_page(unused_tcp_
                         break
     finally:
         await stop(proc)
+
+
+async def test_run_without_a_token_secret_says_once_what_a_restart_costs(
+    tmp_path: Path, aiohttp_server, unused_tcp_port_factory
+):
+    backend = await aiohttp_server(make_backend_app())
+    port = unused_tcp_port_factory()
+    config = tmp_path / "bridge.yaml"
+    config.write_text(
+        f"listen: {{host: 127.0.0.1, port: {port}}}\nupstream: {{url: '{backend.make_url('')}'}}\n"
+    )
+    proc = await start("run", "--config", str(config))
+    lines: list[str] = []
+    try:
+        assert proc.stdout is not None
+        async with asyncio.timeout(15):
+            while True:
+                line = (await proc.stdout.readline()).decode()
+                assert line, "process ended: " + "".join(lines)
+                lines.append(line)
+                if "listening on" in line:
+                    break
+        proc.send_signal(signal.SIGHUP)  # a reload does not say it again
+        await asyncio.sleep(0.5)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.stdout is not None
+        lines += [(await proc.stdout.read()).decode()]
+        await stop(proc)
+    said = [line for line in "".join(lines).splitlines() if "token_secret is not set" in line]
+    assert len(said) == 1, lines
+    assert "after a restart" in said[0] and "connects afresh" in said[0]
+    assert "resumed=false" in said[0] and "Set security.token_secret" in said[0]

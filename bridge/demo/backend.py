@@ -65,6 +65,8 @@ class Backend:
         self.fail_ratio = 0.0
         self.stall = 0.0
         self.stall_ratio = 1.0
+        #: requests to these paths (exactly) answer 500
+        self.fail_paths: set[str] = set()
         self.faults_injected = 0
 
     def _expire(self, session: Session) -> None:
@@ -100,7 +102,12 @@ class Backend:
             ) from None
         return data if isinstance(data, dict) else {}
 
-    async def _faults(self) -> None:
+    async def _faults(self, request: web.Request | None = None) -> None:
+        if request is not None and request.path in self.fail_paths:
+            self.faults_injected += 1
+            raise web.HTTPInternalServerError(
+                text='{"error":"injected fault on this path"}', content_type="application/json"
+            )
         if self.stall and random.random() < self.stall_ratio:
             self.faults_injected += 1
             await asyncio.sleep(self.stall)
@@ -131,7 +138,7 @@ class Backend:
         return user
 
     async def join(self, request: web.Request) -> web.Response:
-        await self._faults()
+        await self._faults(request)
         body = await self._body(request)
         self._record(request, body)
         uid = body.get("userId")
@@ -145,7 +152,7 @@ class Backend:
         return web.json_response(session.view())
 
     async def vote(self, request: web.Request) -> web.Response:
-        await self._faults()
+        await self._faults(request)
         body = await self._body(request)
         self._record(request, body)
         session = self._session(request)
@@ -160,14 +167,14 @@ class Backend:
         return web.json_response(session.view())
 
     async def reveal(self, request: web.Request) -> web.Response:
-        await self._faults()
+        await self._faults(request)
         self._record(request, await self._body(request))
         session = self._session(request)
         session.revealed = True
         return web.json_response(session.view())
 
     async def reset(self, request: web.Request) -> web.Response:
-        await self._faults()
+        await self._faults(request)
         self._record(request, await self._body(request))
         session = self._session(request)
         session.revealed = False
@@ -176,7 +183,7 @@ class Backend:
         return web.json_response(session.view())
 
     async def leave(self, request: web.Request) -> web.Response:
-        await self._faults()
+        await self._faults(request)
         body = await self._body(request)
         self._record(request, body)
         session = self._session(request)
@@ -186,7 +193,7 @@ class Backend:
         return web.json_response(session.view())
 
     async def heartbeat(self, request: web.Request) -> web.Response:
-        await self._faults()
+        await self._faults(request)
         body = await self._body(request)
         self._record(request, body)
         session = self._session(request)
@@ -196,7 +203,7 @@ class Backend:
 
     async def state(self, request: web.Request) -> web.Response:
         self.state_requests[request.match_info["sid"]] += 1
-        await self._faults()
+        await self._faults(request)
         session = self._session(request)
         body = json.dumps(session.view(), sort_keys=True).encode()
         etag = '"' + hashlib.sha1(body).hexdigest()[:16] + '"'
@@ -214,9 +221,11 @@ class Backend:
         self.fail_ratio = float(body.get("failRatio", 0.0))
         self.stall = float(body.get("stall", 0.0))
         self.stall_ratio = float(body.get("stallRatio", 1.0))
+        self.fail_paths = {str(p) for p in body.get("failPaths", [])}
         return web.json_response(
-            {"failRatio": self.fail_ratio, "stall": self.stall, "stallRatio": self.stall_ratio}
-        )
+            {"failRatio": self.fail_ratio, "stall": self.stall, "stallRatio": self.stall_ratio,
+             "failPaths": sorted(self.fail_paths)}
+        )  # fmt: skip
 
 
 BACKEND: web.AppKey[Backend] = web.AppKey("backend", Backend)

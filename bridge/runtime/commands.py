@@ -31,13 +31,12 @@ from ..backplane.base import SharedDone
 from ..config import Config, Route
 from ..core.dedupe import Done, Pending
 from ..core.ratelimit import TokenBucket
-from ..exceptions import CircuitOpen, ProtocolError, UpstreamError
+from ..exceptions import CircuitOpen, MissingValue, ProtocolError, UpstreamError
 from ..metrics import Metrics, type_label
 from ..protocol import messages as m
 from ..protocol.normalise import normalise
 from ..protocol.types import Command, Message
 from ..upstream.client import UpstreamClient
-from ..upstream.templates import MissingValue
 from .connection import Connection
 from .heartbeats import Heartbeats
 from .membership import Membership, template_context

@@ -27,12 +27,12 @@ from ..config import Config
 from ..exceptions import (
     BackplaneUnavailable,
     JoinRefused,
+    MissingValue,
     UpstreamError,
     UpstreamRejected,
     UpstreamUnavailable,
 )
 from ..upstream.client import UpstreamClient
-from ..upstream.templates import MissingValue
 from .connection import ConnectRequest
 from .fanout import Fanout
 from .session import Joined, Session, UserContext
@@ -153,7 +153,7 @@ class Membership:
             if not session.hub.presence.is_present(user):
                 await self._user_request(session, user, "leave", ctx)
 
-        session.tasks.spawn(undo(), f"undoing the join of a user of session {session.id}")
+        session.tasks.spawn(undo(), "undoing an interrupted join")
 
     def hold(self, session: Session, user: str) -> None:
         """The user's join succeeded but their handshake did not: they are present
@@ -210,9 +210,7 @@ class Membership:
                 params if isinstance(params, dict) else {},
                 headers if isinstance(headers, dict) else {},
             )
-        session.tasks.spawn(
-            self._user_request(session, user, name, ctx), f"{name} of a user of {session.id}"
-        )
+        session.tasks.spawn(self._user_request(session, user, name, ctx), f"sending a {name}")
 
     async def _user_request(
         self, session: Session, user: str, name: str, ctx_user: UserContext | None

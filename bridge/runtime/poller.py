@@ -56,7 +56,7 @@ class Poller:
             return
         if session.poller is None or session.poller.done():
             session.poller = session.tasks.spawn(
-                self._loop(session), f"polling session {session.id}", keeps_alive=False
+                self._loop(session), "polling the upstream state", keeps_alive=False
             )
 
     def stop(self, session: Session) -> None:

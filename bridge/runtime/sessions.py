@@ -128,7 +128,7 @@ class Sessions:
         session = self.by_id.get(session_id)
         if session is None:
             hub = SessionHub(session_id, secrets.token_urlsafe(9), self.settings)
-            tasks = TaskOwner("session", count=self._count)
+            tasks = TaskOwner("session", about=f"session {session_id}", count=self._count)
             session = Session(session_id, hub, tasks)
             tasks.on_idle = lambda: self.drop_if_idle(session)
             self.by_id[session_id] = session

@@ -8,9 +8,14 @@ try. A request is tried again only where a retry cannot apply it twice:
 - the route is ``idempotent: true`` (then also after other 5xx and timeouts).
 
 Between tries the delay is ``min(max, initial·2^(n−1))·(1 − jitter·U[0,1))``,
-or the app's ``Retry-After`` when that is shorter than ``retry.max``. Every
-failure that is not a 4xx counts against the circuit breaker; while it is
-open nothing is sent and :class:`UpstreamUnavailable` is raised at once.
+or the app's ``Retry-After`` when that is shorter than ``retry.max``.
+
+Circuit breaker (``core/breaker.py``): connection failures, timeouts and
+502/503/504 are evidence that the app as a whole is unwell; any other 5xx
+counts only for its session (``scope``), so one session's failing route
+never opens the breaker for everyone. While it is open nothing is sent and
+:class:`CircuitOpen` is raised at once. A request cancelled while it was the
+half-open trial gives the trial back.
 """
 
 from __future__ import annotations
@@ -36,11 +41,14 @@ from ..exceptions import (
     UpstreamUnavailable,
 )
 from ..metrics import Metrics, status_label
+from ..protocol import backoff
 from .templates import MISSING, lookup, render_json, render_path
 
 log = logging.getLogger("bridge.upstream")
 
 NOT_APPLIED = frozenset({429, 502, 503})
+#: answers that say the app (or what stands in front of it) is unwell as a whole
+APP_WIDE = frozenset({502, 503, 504})
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,12 +66,6 @@ class StateResult:
     payload: Any = None
     etag: str | None = None
     last_modified: str | None = None
-
-
-def backoff(attempt: int, initial: float, maximum: float, jitter: float, rnd: float) -> float:
-    """Delay before try ``attempt`` + 1 (attempt ≥ 1); ``rnd`` in [0, 1)."""
-    exp = min(attempt - 1, 30)
-    return min(maximum, initial * (2.0**exp)) * (1 - jitter * rnd)
 
 
 def select(payload: Any, path: str | None) -> Any:
@@ -92,7 +94,11 @@ class UpstreamClient:
         self.http = http
         self.metrics = metrics
         self.base = cfg.url.rstrip("/")
-        self.breaker = CircuitBreaker(failures=cfg.breaker.failures, recovery=cfg.breaker.recovery)
+        self.breaker = CircuitBreaker(
+            failures=cfg.breaker.failures,
+            recovery=cfg.breaker.recovery,
+            trial_timeout=cfg.timeout + 1.0,  # a request never outlives its timeout
+        )
         self._timeout = aiohttp.ClientTimeout(total=cfg.timeout)
         metrics.breaker_state.set(0)
 
@@ -103,6 +109,7 @@ class UpstreamClient:
         self.base = cfg.url.rstrip("/")
         self.breaker.threshold = cfg.breaker.failures
         self.breaker.recovery = cfg.breaker.recovery
+        self.breaker.trial_timeout = cfg.timeout + 1.0
         self._timeout = aiohttp.ClientTimeout(total=cfg.timeout)
 
     def _update_breaker_gauge(self) -> None:
@@ -119,10 +126,6 @@ class UpstreamClient:
         body: Any,
         headers: Mapping[str, str],
     ) -> Response:
-        if not self.breaker.allow(time.monotonic()):
-            self._update_breaker_gauge()
-            self.metrics.upstream_requests.labels(name, "breaker_open").inc()
-            raise CircuitOpen("upstream circuit breaker is open")
         started = time.monotonic()
         status: int | None = None
         try:
@@ -175,11 +178,17 @@ class UpstreamClient:
         path = render_path(route.path, ctx)
         body = render_json(getattr(route, "json", None), ctx)
         idempotent = bool(getattr(route, "idempotent", False))
+        scope = str(ctx.get("sessionId", "")) or None
         retry = self.cfg.retry
         attempt = 0
         while True:
             attempt += 1
             delay_hint: float | None = None
+            permit = self.breaker.allow(time.monotonic())
+            if permit is None:
+                self._update_breaker_gauge()
+                self.metrics.upstream_requests.labels(name, "breaker_open").inc()
+                raise CircuitOpen("upstream circuit breaker is open")
             try:
                 resp = await self._send_once(name, route.method, path, body, headers or {})
             except (UpstreamTimeout, UpstreamFailed) as exc:
@@ -188,14 +197,15 @@ class UpstreamClient:
                 if not idempotent or attempt >= retry.attempts:
                     raise
                 error: UpstreamError = exc
-            except CircuitOpen:
-                raise
             except UpstreamUnavailable as exc:
                 self.breaker.failure(time.monotonic())
                 self._update_breaker_gauge()
                 if attempt >= retry.attempts:
                     raise
                 error = exc
+            except BaseException:  # cancelled (or a bug): no outcome to report
+                self.breaker.release(permit)
+                raise
             else:
                 if resp.status < 400:
                     self.breaker.success()
@@ -208,7 +218,9 @@ class UpstreamClient:
                         f"{name}: upstream answered {resp.status}", status=resp.status
                     )
                 if resp.status != 429:
-                    self.breaker.failure(time.monotonic())
+                    # one session's 500 says nothing about the app as a whole
+                    where = None if resp.status in APP_WIDE else scope
+                    self.breaker.failure(time.monotonic(), where)
                     self._update_breaker_gauge()
                 retryable = resp.status in NOT_APPLIED or idempotent
                 error = UpstreamFailed(
@@ -217,7 +229,9 @@ class UpstreamClient:
                 if not retryable or attempt >= retry.attempts:
                     raise error
                 delay_hint = _retry_after(resp.headers)
-            delay = backoff(attempt, retry.initial, retry.max, retry.jitter, random.random())
+            delay = backoff.delay(
+                attempt, retry.initial, retry.max, jitter=retry.jitter, rnd=random.random()
+            )
             if delay_hint is not None:
                 delay = min(delay_hint, retry.max)
             self.metrics.upstream_retries.labels(name).inc()

@@ -1,3 +1,5 @@
+import pytest
+
 from bridge.core.breaker import STATE_VALUES, CircuitBreaker
 
 
@@ -42,3 +44,231 @@ def test_retry_in():
     assert b.retry_in(10.0) == 0.0  # half-open, the trial is free
     assert b.allow(10.0)
     assert b.retry_in(10.0) == 1.0  # the trial is under way
+
+
+# -- issue 11: trials that end without an outcome, and failures of one session only
+
+from hypothesis import strategies as st  # noqa: E402
+from hypothesis.stateful import (  # noqa: E402
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+)
+
+from bridge.core.breaker import SPREAD, Permit  # noqa: E402
+
+
+def opened(threshold: int = 1, recovery: float = 10.0, trial_timeout: float = 30.0):
+    b = CircuitBreaker(failures=threshold, recovery=recovery, trial_timeout=trial_timeout)
+    for _ in range(threshold):
+        b.failure(0.0)
+    assert b.state(0.0) == "open"
+    return b
+
+
+def test_a_released_trial_lets_the_next_request_be_the_trial():
+    b = opened()
+    trial = b.allow(10.0)
+    assert trial == Permit(1) and trial.trial == 1
+    assert b.allow(10.0) is None
+    b.release(trial)
+    again = b.allow(10.0)
+    assert again == Permit(2)
+    assert b.state(10.0) == "half_open"
+
+
+def test_releasing_a_permit_that_is_not_the_trial_changes_nothing():
+    b = opened()
+    b.release(Permit())  # a request let through while closed
+    trial = b.allow(10.0)
+    assert trial is not None
+    b.release(Permit(trial.trial + 1))  # not the trial under way
+    assert b.allow(10.0) is None
+    b.release(trial)
+    b.release(trial)  # twice: still harmless
+    assert b.allow(10.0) == Permit(trial.trial + 1)
+
+
+def test_a_trial_out_past_its_timeout_is_given_up_on():
+    b = opened(recovery=10.0, trial_timeout=5.0)
+    assert b.allow(10.0) == Permit(1)
+    assert b.allow(14.999) is None
+    assert b.retry_in(14.0) == pytest.approx(1.0)  # recovery/10 = 1.0 < 1.0 left
+    assert b.retry_in(14.5) == pytest.approx(0.5)  # no later than the trial's deadline
+    assert b.allow(15.0) == Permit(2)
+    assert b.retry_in(15.0) == 1.0
+
+
+def test_closed_permits_are_not_trials():
+    b = CircuitBreaker(failures=3, recovery=1.0)
+    assert b.allow(0.0) == Permit(0)
+    assert not Permit(0).trial
+
+
+def test_the_trial_of_a_new_half_open_period_starts_free():
+    b = opened(recovery=1.0)
+    assert b.allow(1.0) == Permit(1)
+    b.failure(1.5)  # the trial failed: open again
+    assert b.state(1.5) == "open" and b.allow(2.0) is None
+    assert b.allow(2.5) == Permit(2)  # recovered again: a fresh trial
+
+
+def test_failures_of_one_scope_never_open_it():
+    b = CircuitBreaker(failures=3, recovery=1.0)
+    for i in range(50):
+        b.failure(float(i), "s1")
+    assert b.state(50.0) == "closed"
+
+
+def test_failures_of_spread_scopes_open_it():
+    assert SPREAD == 2
+    b = CircuitBreaker(failures=3, recovery=1.0)
+    b.failure(0.0, "s1")
+    b.failure(0.0, "s1")
+    assert b.state(0.0) == "closed"
+    b.failure(0.0, "s2")  # three in a row, from two sessions
+    assert b.state(0.0) == "open"
+
+
+def test_a_scoped_run_opens_at_once_with_an_unscoped_failure():
+    b = CircuitBreaker(failures=3, recovery=1.0)
+    b.failure(0.0, "s1")
+    b.failure(0.0, "s1")
+    b.failure(0.0)
+    assert b.state(0.0) == "open"
+
+
+def test_an_unscoped_failure_alone_needs_the_threshold():
+    b = CircuitBreaker(failures=3, recovery=1.0)
+    b.failure(0.0)
+    b.failure(0.0, "s1")
+    assert b.state(0.0) == "closed"
+    b.failure(0.0, "s1")
+    assert b.state(0.0) == "open"
+
+
+def test_a_success_forgets_the_scopes_and_the_unscoped_failure():
+    b = CircuitBreaker(failures=2, recovery=1.0)
+    b.failure(0.0, "s1")
+    b.failure(0.0)  # would open now... it does: two in a row, one unscoped
+    assert b.state(0.0) == "open"
+    b.success()
+    b.failure(0.0, "s2")
+    assert b.state(0.0) == "closed"
+    b.failure(0.0, "s2")  # same scope, no unscoped failure since the success
+    assert b.state(0.0) == "closed"
+    b.success()
+    b.failure(0.0, "s1")
+    b.failure(0.0, "s3")
+    assert b.state(0.0) == "open"
+
+
+def test_threshold_one_opens_on_any_failure():
+    b = CircuitBreaker(failures=1, recovery=1.0)
+    b.failure(0.0, "s1")
+    assert b.state(0.0) == "open"
+
+
+def test_a_scoped_failure_while_half_open_reopens():
+    b = opened(recovery=1.0)
+    assert b.allow(1.0)
+    b.failure(1.0, "s9")
+    assert b.state(1.0) == "open"
+
+
+class BreakerMachine(RuleBasedStateMachine):
+    """Whatever callers do — succeed, fail (scoped or not), vanish without an
+    outcome (cancelled), or never come back — the breaker never refuses every
+    request for good, and never lets two trials out at once."""
+
+    @initialize(threshold=st.integers(1, 4), recovery=st.sampled_from([0.5, 1.0, 3.0]),
+                trial_timeout=st.sampled_from([0.5, 2.0, 10.0]))  # fmt: skip
+    def make(self, threshold: int, recovery: float, trial_timeout: float) -> None:
+        self.b = CircuitBreaker(failures=threshold, recovery=recovery, trial_timeout=trial_timeout)
+        self.threshold = threshold
+        self.trial_timeout = trial_timeout
+        self.now = 0.0
+        #: permits handed out and not resolved: (permit, when)
+        self.out: list[tuple[Permit, float]] = []
+        #: permits whose callers vanished (no outcome, no release)
+        self.ghosts: list[tuple[Permit, float]] = []
+        #: trials up to this number belong to a half-open period that is over
+        self.stale_upto = 0
+        self.issued = 0
+        #: scopes of the failures since the last success (None: unscoped)
+        self.run: list[str | None] = []
+        self.was_closed_since_success = True
+
+    @rule(dt=st.sampled_from([0.0, 0.1, 0.6, 1.1, 3.5, 11.0]))
+    def time_passes(self, dt: float) -> None:
+        self.now += dt
+
+    @rule()
+    def ask(self) -> None:
+        before = self.b.state(self.now)
+        permit = self.b.allow(self.now)
+        if before == "closed":
+            assert permit == Permit(0)
+        if before == "open":
+            assert permit is None
+        if permit is not None:
+            if permit.trial:
+                assert not self._live_trials(), "two trials out at once"
+                assert permit.trial > self.issued, "trial numbers only grow"
+                self.issued = permit.trial
+            self.out.append((permit, self.now))
+
+    @precondition(lambda self: self.out)
+    @rule(data=st.data(), how=st.sampled_from(["success", "failure", "scoped", "release",
+                                                "vanish"]))  # fmt: skip
+    def resolve(self, data: st.DataObject, how: str) -> None:
+        i = data.draw(st.integers(0, len(self.out) - 1))
+        permit, issued_at = self.out.pop(i)
+        if how == "success":
+            self.b.success()
+            self.run = []
+        elif how == "failure":
+            self.b.failure(self.now)
+            self.run.append(None)
+        elif how == "scoped":
+            self.b.failure(self.now, data.draw(st.sampled_from(["s1", "s2", "s3"])))
+            self.run.append("scoped")
+        elif how == "release":
+            self.b.release(permit)
+        else:  # "vanish": the caller never comes back; only the trial's timeout frees it
+            self.ghosts.append((permit, issued_at))
+        if how == "release" and permit.trial == self.issued:  # the trial under way: freed
+            self.stale_upto = self.issued
+        if self.b.state(self.now) != "half_open":  # opened or closed: that period is over
+            self.stale_upto = self.issued
+
+    def _live_trials(self) -> list[Permit]:
+        """Trials that may still answer, in the current half-open period."""
+        return [
+            p for p, at in self.out + self.ghosts
+            if p.trial > self.stale_upto and self.now < at + self.trial_timeout
+        ]  # fmt: skip
+
+    @invariant()
+    def never_stuck(self) -> None:
+        """Half-open with no trial that may still answer: a request gets through."""
+        if not hasattr(self, "b"):
+            return
+        if self.b.state(self.now) == "half_open" and not self._live_trials():
+            assert self.b.retry_in(self.now) == 0.0
+
+    @invariant()
+    def one_session_never_opens_it(self) -> None:
+        if not hasattr(self, "b") or self.threshold < 2:
+            return
+        if self.run and all(s == "scoped" for s in self.run) and self.b.state(self.now) == "open":
+            # only possible through a failed trial: a half-open breaker reopens on any failure
+            assert self.b._failures >= 1
+
+
+TestBreakerMachine = BreakerMachine.TestCase
+TestBreakerMachine.settings = __import__("hypothesis").settings(
+    max_examples=200, stateful_step_count=40, deadline=None
+)

@@ -30,3 +30,16 @@ def test_never_more_than_burst_plus_rate_times_time(gaps, rate, burst):
         now += gap
         taken += b.take(now)
     assert taken <= burst + rate * now + 1e-9
+
+
+def test_full_means_the_same_as_a_new_bucket():
+    b = TokenBucket(rate=2.0, burst=3.0, now=0.0)
+    assert b.full(0.0)
+    assert b.take(0.0)  # 2 left
+    assert not b.full(0.0)
+    assert not b.full(0.49)  # 2 + 0.98
+    assert b.full(0.5)  # 2 + 1.0: exactly full
+    assert b.full(100.0)
+    assert not b.full(-5.0)  # a clock going backwards refills nothing
+    assert b.take(0.0) and b.take(0.0) and b.take(0.0) is False
+    assert not b.full(1.0) and b.full(1.5)

@@ -133,7 +133,7 @@ def test_alert_rules_pass_promtool_check_and_unit_tests():
     check = subprocess.run([promtool(), "check", "rules", "alerts.yml"], cwd=rules,
                            capture_output=True, text=True, timeout=60)  # fmt: skip
     assert check.returncode == 0, check.stdout + check.stderr
-    assert "SUCCESS: 7 rules found" in check.stdout
+    assert "SUCCESS: 8 rules found" in check.stdout
     test = subprocess.run([promtool(), "test", "rules", "alerts.test.yml"], cwd=rules,
                           capture_output=True, text=True, timeout=60)  # fmt: skip
     assert test.returncode == 0, test.stdout + test.stderr

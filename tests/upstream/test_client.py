@@ -9,14 +9,15 @@ from aiohttp import web
 from bridge.config import config_from_dict
 from bridge.exceptions import (
     CircuitOpen,
+    MissingValue,
     UpstreamFailed,
     UpstreamRejected,
     UpstreamTimeout,
     UpstreamUnavailable,
 )
 from bridge.metrics import Metrics
-from bridge.upstream.client import UpstreamClient, backoff, select
-from bridge.upstream.templates import MissingValue
+from bridge.protocol.backoff import delay
+from bridge.upstream.client import UpstreamClient, select
 
 
 class Scripted:
@@ -167,7 +168,9 @@ async def test_connection_refused_is_retried_then_unavailable(unused_tcp_port_fa
 async def test_breaker_opens_then_half_opens(app_and_client):
     scripted, make = app_and_client
     client, cfg = await make()
-    scripted.script["/api/sessions/s1/reveal"] = [500]
+    # 504: the app as a whole is unwell (a 500 of one session would not open it, see
+    # test_one_sessions_500s_do_not_open_the_breaker)
+    scripted.script["/api/sessions/s1/reveal"] = [504]
     for _ in range(3):
         with pytest.raises(UpstreamFailed):
             await client.request("reveal", cfg.upstream.commands["reveal"], CTX)
@@ -204,6 +207,10 @@ async def test_non_json_bodies(app_and_client):
 
 
 def test_backoff_and_select():
+    # the upstream retries use the one backoff of bridge/protocol/backoff.py (factor 2)
+    def backoff(attempt, initial, maximum, jitter, rnd):
+        return delay(attempt, initial, maximum, jitter=jitter, rnd=rnd)
+
     assert backoff(1, 0.2, 5.0, 0.5, 0.0) == 0.2
     assert backoff(3, 0.2, 5.0, 0.5, 0.0) == pytest.approx(0.8)
     assert backoff(100, 0.2, 5.0, 0.5, 0.999) == pytest.approx(5.0 * (1 - 0.4995))
@@ -212,3 +219,44 @@ def test_backoff_and_select():
     assert select(doc, None) is doc
     assert select(doc, "a.x") is None
     assert select(doc, "a.b.5") is None
+
+
+async def test_a_cancelled_half_open_trial_does_not_close_the_app_off_for_good(app_and_client):
+    """Issue 11.1: the trial request is cancelled (its poller dropped, a join cut by
+    the handshake timeout); the next request must still be let through."""
+    scripted, make = app_and_client
+    client, cfg = await make()
+    scripted.script["/api/sessions/s1/reveal"] = [504]
+    for _ in range(3):
+        with pytest.raises(UpstreamFailed):
+            await client.request("reveal", cfg.upstream.commands["reveal"], CTX)
+    assert client.breaker_state() == "open"
+    await asyncio.sleep(0.25)  # recovery: half-open
+    scripted.script["/api/sessions/s1/reveal"] = ["stall"]
+    trial = asyncio.create_task(client.request("reveal", cfg.upstream.commands["reveal"], CTX))
+    await asyncio.sleep(0.05)
+    assert len(scripted.seen) == 4, "the trial reached the app"
+    trial.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await trial
+    scripted.script["/api/sessions/s1/reveal"] = [200]
+    resp = await client.request("reveal", cfg.upstream.commands["reveal"], CTX)
+    assert resp.status == 200 and client.breaker_state() == "closed"
+
+
+async def test_one_sessions_500s_do_not_open_the_breaker(app_and_client):
+    """Issue 11.6 (upstream.md, "Failure isolation"): a route failing for one session."""
+    scripted, make = app_and_client
+    client, cfg = await make()
+    scripted.script["/api/sessions/bad"] = [500]
+    for _ in range(10):
+        with pytest.raises(UpstreamFailed):
+            await client.fetch_state("bad", None, None)
+    assert client.breaker_state() == "closed"
+    assert (await client.fetch_state("good", None, None)).changed
+    # the same answers from several sessions: the app as a whole is unwell
+    scripted.script["/api/sessions/good"] = [500]
+    for sid in ("bad", "good", "bad"):
+        with pytest.raises(UpstreamFailed):
+            await client.fetch_state(sid, None, None)
+    assert client.breaker_state() == "open"

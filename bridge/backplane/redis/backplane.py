@@ -53,6 +53,7 @@ from ...config import Config
 from ...core.hub import state_digest
 from ...exceptions import BackplaneUnavailable
 from ...metrics import Metrics
+from ...protocol import backoff
 from ...protocol import messages as m
 from ...tasks import TaskOwner
 from ..base import Events, LoggedEntry, SessionView, SharedDone, SharedNew
@@ -258,12 +259,12 @@ class RedisBackplane:
             f = Follower(
                 session,
                 Keys.of(self.cfg.prefix, session.id),
-                TaskOwner("backplane", count=self._count_task_error),
+                TaskOwner("backplane", about=f"session {session.id}", count=self._count_task_error),
             )
             self.followers[session.id] = f
         if f.ready is None:
             f.ready = asyncio.get_running_loop().create_future()
-            f.tasks.spawn(self._load_first(f), f"opening session {session.id}")
+            f.tasks.spawn(self._load_first(f), "opening a session")
         await asyncio.shield(f.ready)
 
     async def _load_first(self, f: Follower) -> None:
@@ -384,7 +385,7 @@ class RedisBackplane:
 
     async def _reader_loop(self) -> None:
         """The one pub/sub connection of this instance; resubscribes after a failure."""
-        backoff = 0.1
+        failures = 0  # in a row: the reconnect waits back off from 0.1 s to 5 s
         first = True
         while not self._stopping:
             ps = self.redis.pubsub()
@@ -402,7 +403,7 @@ class RedisBackplane:
                         if not f.loading:
                             self._catch_up(f)
                 first = False
-                backoff = 0.1
+                failures = 0
                 while True:
                     msg = await ps.get_message(timeout=1.0)
                     if msg is not None:
@@ -420,8 +421,8 @@ class RedisBackplane:
                 self._sub_waiters = {}
                 with contextlib.suppress(*OUTAGE):
                     await ps.aclose()  # type: ignore[no-untyped-call]
-            await asyncio.sleep(backoff * (0.5 + random.random()))
-            backoff = min(backoff * 2, 5.0)
+            failures += 1
+            await asyncio.sleep(backoff.delay(failures, 0.1, 5.0, jitter=0.5, rnd=random.random()))
 
     def _on_pubsub_safely(self, msg: dict[str, Any]) -> None:
         """A bug while handling one message is logged; it is not a Redis outage."""
@@ -466,7 +467,7 @@ class RedisBackplane:
 
     def _catch_up(self, f: Follower) -> None:
         if f.syncing is None and not f.loading:
-            f.syncing = f.tasks.spawn(self._sync(f), f"catching up session {f.session.id}")
+            f.syncing = f.tasks.spawn(self._sync(f), "catching up a session")
 
     async def _sync(self, f: Follower) -> None:
         """Read what the mirror misses from the Stream (single-flight per session)."""
@@ -523,13 +524,13 @@ class RedisBackplane:
                 return
             self.events.resume_all(f.session, "resync")
 
-        f.tasks.spawn(reload(), f"reloading session {f.session.id}")
+        f.tasks.spawn(reload(), "reloading a session")
 
     # ------------------------------------------------------------------ rounds
     async def _round_loop(self) -> None:
         """Every round: renew or take leases, push presence deadlines, check heads;
         the lease holder also expires presence, sends leaves and keep-alives."""
-        backoff = self.round_every
+        failures = 0  # rounds failed in a row: the next try backs off up to 5 s
         while not self._stopping:
             started = time.monotonic()
             try:
@@ -539,8 +540,11 @@ class RedisBackplane:
                 self.metrics.backplane_errors.labels("round").inc()
                 self._set_health(False, f"{type(exc).__name__}: {exc}")
                 self._degraded_round()
-                await asyncio.sleep(backoff * (0.5 + random.random()))
-                backoff = min(backoff * 2, 5.0)
+                failures += 1
+                wait = backoff.delay(
+                    failures, self.round_every, 5.0, jitter=0.5, rnd=random.random()
+                )
+                await asyncio.sleep(wait)
                 continue
             except Exception:
                 # a bug of ours, not an outage: say so, and keep the rounds going
@@ -548,7 +552,7 @@ class RedisBackplane:
                 log.exception("a backplane round failed")
             if self._pubsub_ready.is_set():
                 self._set_health(True)
-            backoff = self.round_every
+            failures = 0
             await asyncio.sleep(max(0.0, self.round_every - (time.monotonic() - started)))
 
     async def _round(self) -> None:
