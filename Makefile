@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: demo test lint mutation bench bench-smoke chaos soak check-config schema clean system-deps
+.PHONY: demo test test-min lint mutation bench bench-smoke chaos soak check-config schema clean system-deps
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -36,6 +36,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check bridge tests bench
 	$(VENV)/bin/ruff format --check bridge tests bench
 	$(VENV)/bin/mypy bridge
+	$(VENV)/bin/lint-imports --no-cache
 
 # Every test, with branch coverage; bridge/core and bridge/protocol must stay at 100 %.
 test: $(STAMP) system-deps
@@ -52,6 +53,19 @@ mutation: $(STAMP)
 	@echo "mutmut run (log: mutants/run.log)"
 	@time $(VENV)/bin/mutmut run > mutants/run.log 2>&1 || { tr '\r' '\n' < mutants/run.log | tail -n 60; exit 1; }
 	$(PY) tests/mutation/gate.py
+
+# The runtime dependencies at the lowest versions pyproject.toml admits
+# (tests/deps/floors.py): the transports, the Redis backplane and the hardening
+# tests run on them, so a floor can never admit a version the code cannot use.
+MIN_VENV := .venv-min
+test-min: system-deps
+	@test -x $(MIN_VENV)/bin/python || $(PYTHON) -m venv $(MIN_VENV)
+	$(MIN_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(PYTHON) tests/deps/floors.py > $(MIN_VENV)/floors.txt
+	$(MIN_VENV)/bin/python -m pip install --quiet -c $(MIN_VENV)/floors.txt -e '.[test]'
+	$(MIN_VENV)/bin/python tests/deps/floors.py --check
+	$(MIN_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/e2e tests/hardening \
+		tests/backplane/test_redis_backplane.py
 
 bench: $(STAMP)
 	$(PY) bench/fanout.py

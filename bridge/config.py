@@ -540,7 +540,8 @@ def _build(cls: type[Any], data: Mapping[str, Any], path: str, problems: list[st
 
 
 def _check_semantics(cfg: Config, problems: list[str]) -> None:
-    from .upstream.templates import TemplateError, compile_template
+    from .exceptions import TemplateError
+    from .upstream.templates import compile_template
 
     url = cfg.upstream.url
     if not re.match(r"^https?://[^/\s]+", url):

@@ -4,9 +4,14 @@
 
     BridgeError
     ├── ConfigError(BridgeError, ValueError)     the YAML is wrong; names the key path
+    ├── TemplateError(BridgeError, ValueError)   a route template is wrong (a ConfigError problem)
+    ├── MissingValue(BridgeError, KeyError)      a placeholder has no value (ack bad_message)
     ├── ProtocolError                            a peer (client) broke the wire contract
     │   ├── BadMessage                           not JSON/msgpack, not a map, no type (bad_message)
+    │   │   └── BodyUnreadable                   an HTTP body that cannot be decoded (400)
+    │   │       └── UnsupportedEncoding          its Content-Encoding is not ours (415)
     │   ├── MessageTooBig                        over limits.max_message_bytes (1009 / 413)
+    │   │   └── BodyTooBig                       an HTTP body over its cap (413)
     │   ├── BadRequest                           sessionId/userId/lastSeq malformed (4400 / 400)
     │   ├── Unauthorized                         forged, expired or foreign token (4401 / 401)
     │   └── Forbidden                            another session's or user's id (forbidden)
@@ -50,6 +55,22 @@ class ConfigError(BridgeError, ValueError):
         super().__init__("invalid configuration:\n  " + "\n  ".join(self.problems))
 
 
+class TemplateError(BridgeError, ValueError):
+    """A route template is wrong (found when the config is loaded)."""
+
+
+class MissingValue(BridgeError, KeyError):
+    """A required placeholder has no value in this context: the command is acked
+    ``bad_message`` and nothing is sent."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.name = name
+
+    def __str__(self) -> str:
+        return f"missing value for {{{self.name}}}"
+
+
 class ProtocolError(BridgeError):
     """A client sent something the protocol does not allow."""
 
@@ -90,6 +111,26 @@ class MessageTooBig(ProtocolError):
     code = "message_too_big"
     close_code = 1009
     status = 413
+
+
+class BodyUnreadable(BadMessage):
+    """An HTTP request body that cannot be decoded (a broken gzip stream, say)."""
+
+    def __init__(self, message: str = "the body cannot be decoded") -> None:
+        super().__init__(message)
+
+
+class UnsupportedEncoding(BodyUnreadable):
+    """A ``Content-Encoding`` the bridge does not inflate."""
+
+    status = 415
+
+
+class BodyTooBig(MessageTooBig):
+    """An HTTP request body over its cap (after decompression)."""
+
+    def __init__(self, message: str = "the body is too big") -> None:
+        super().__init__(message)
 
 
 class BadRequest(ProtocolError):

@@ -20,6 +20,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from ..config import Config
+from ..exceptions import BodyTooBig, BodyUnreadable, UnsupportedEncoding
 from ..protocol.codecs import JSON, MSGPACK, Codec, codec_for_media_type
 from ..protocol.headers import accepts_coding
 
@@ -80,18 +81,6 @@ async def encoded_response(
     if count is not None:
         count(encoded, len(body))
     return web.Response(body=body, status=status, headers=headers)
-
-
-class BodyTooBig(Exception):
-    pass
-
-
-class BodyUnreadable(Exception):
-    pass
-
-
-class UnsupportedEncoding(BodyUnreadable):
-    pass
 
 
 def _decompressor(encoding: str) -> zlib._Decompress:

@@ -19,16 +19,13 @@ from typing import Any
 from aiohttp import web
 
 from ..core.replay import Entry
-from ..exceptions import BadMessage, ProtocolError
+from ..exceptions import BadMessage, BodyTooBig, BodyUnreadable, ProtocolError, UnsupportedEncoding
 from ..protocol import tokens
 from ..protocol.codecs import Codec, decode_batch
 from ..protocol.types import RESERVED_PARAMS, Message
 from ..runtime import Identity
 from .common import BRIDGE, ClientConnection, json_error, origin_allowed
 from .http import (
-    BodyTooBig,
-    BodyUnreadable,
-    UnsupportedEncoding,
     accept_codec,
     body_codec,
     encoded_response,

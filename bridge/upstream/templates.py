@@ -21,24 +21,11 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
+from ..exceptions import MissingValue, TemplateError
+
 PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z0-9_-]+)*)(\?)?\}")
 ROOTS = ("sessionId", "userId", "clientId", "params", "payload")
 _SCALAR_ROOTS = ("sessionId", "userId", "clientId")
-
-
-class TemplateError(ValueError):
-    """The template itself is wrong (found when the config is loaded)."""
-
-
-class MissingValue(KeyError):
-    """A required placeholder has no value in this context."""
-
-    def __init__(self, name: str) -> None:
-        super().__init__(name)
-        self.name = name
-
-    def __str__(self) -> str:
-        return f"missing value for {{{self.name}}}"
 
 
 MISSING: Any = object()
