@@ -169,7 +169,11 @@ class Backplane(Protocol):
         anywhere (so this caller sends the upstream join). Raises BackplaneUnavailable."""
 
     async def unclaim_user(self, session: SessionView, user: str) -> None:
-        """The join of a claimed user did not happen."""
+        """The join of a claimed user did not happen (or may not have)."""
+
+    async def present(self, session: SessionView, user: str) -> bool:
+        """Whether ``user`` is present on any instance (this one's view when the
+        shared store cannot be reached)."""
 
     async def joined(self, session: SessionView, user: str) -> None:
         """The claimed user's join succeeded: publish the new presence."""

@@ -60,6 +60,9 @@ class MemoryBackplane:
     async def unclaim_user(self, session: SessionView, user: str) -> None:
         return None
 
+    async def present(self, session: SessionView, user: str) -> bool:
+        return session.is_present(user)
+
     async def joined(self, session: SessionView, user: str) -> None:
         return None  # the presence entry is appended when the client attaches
 

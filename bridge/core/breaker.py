@@ -3,9 +3,9 @@
 Rules (one table):
 
 ========== ================================== ==================================
-state      on failure                         on success / time / release
+state      on failure that is evidence        on success / time / release
 ========== ================================== ==================================
-closed     evidence (rule 2) → open           success: forget every failure
+closed     ``failures`` in a row → open       success: forget the run
 open       —                                  after ``recovery`` → half_open
 half_open  → open (recovery again)            success → closed; a released or
                                               overdue trial frees the slot
@@ -15,26 +15,34 @@ half_open  → open (recovery again)            success → closed; a released o
    request at a time is let through: :meth:`allow` returns a :class:`Permit`
    whose ``trial`` is set.
 2. The breaker guards the app *as a whole* (``shared/design/upstream.md``,
-   "Failure isolation"). An unscoped failure (connection refused, timeout,
-   502/503/504) is evidence about the whole app; a failure with a ``scope``
-   (one session's route answering 500, say) is not, until failures of at least
-   ``SPREAD`` different scopes have been seen. The breaker opens once
-   ``failures`` failures in a row (no success in between) include that evidence.
+   "Failure isolation"), so only evidence about the whole app counts:
+
+   - an unscoped failure (the connection refused, a timeout, 502/503/504);
+   - a failure scoped to one session (its route answering 500, say) from a
+     session that has worked before (a success with that scope): it opens the
+     breaker only when the run of ``failures`` failures comes from that many
+     different such sessions. A session that never worked (a room that only
+     errors, one made up by a client) never counts, whatever its number.
+
+   A failure that is no evidence changes nothing: it neither counts nor
+   breaks the run.
 3. A trial never holds the slot for good: a trial whose caller went away
-   without an outcome (cancelled) is :meth:`release`\\ d, and one still out
-   after ``trial_timeout`` is given up on, so a new trial may go.
+   without an outcome (cancelled, or answered in a way that says nothing, a
+   429) is :meth:`release`\\ d, one that failed without evidence frees the slot
+   too, and one still out after ``trial_timeout`` is given up on.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Literal
 
 State = Literal["closed", "open", "half_open"]
 STATE_VALUES: dict[State, int] = {"closed": 0, "half_open": 1, "open": 2}
 
-#: Scoped failures (one session's route) count as evidence from this many scopes on.
-SPREAD = 2
+#: sessions remembered as having worked (least recently successful forgotten first)
+KNOWN_GOOD = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,10 +63,11 @@ class CircuitBreaker:
         self.recovery = recovery
         self.trial_timeout = trial_timeout
         self._state: State = "closed"
+        #: the run: failures that are evidence since the last success
         self._failures = 0
-        #: the run of failures since the last success holds an unscoped one
         self._unscoped = False
         self._scopes: set[str] = set()
+        self._good: OrderedDict[str, None] = OrderedDict()
         self._opened_at = 0.0
         #: the trial under way (its number), 0 when none; and when it is given up on
         self._trial = 0
@@ -102,22 +111,33 @@ class CircuitBreaker:
         # a trial is under way: look again soon (and no later than its deadline)
         return min(self.recovery / 10, self._trial_until - now)
 
-    def success(self) -> None:
+    def success(self, scope: str | None = None) -> None:
+        """A request went through; ``scope`` (a session id) has now worked."""
         self._state = "closed"
         self._failures = 0
         self._unscoped = False
         self._scopes.clear()
         self._trial = 0
+        if scope is not None:
+            self._good[scope] = None
+            self._good.move_to_end(scope)
+            if len(self._good) > KNOWN_GOOD:
+                self._good.popitem(last=False)
 
     def failure(self, now: float, scope: str | None = None) -> None:
-        """A request failed; ``scope`` names what it concerned when the failure
-        says nothing about the app as a whole (rule 2), e.g. the session id."""
+        """A request failed; ``scope`` names the session it concerned when the
+        failure says nothing about the app as a whole by itself (rule 2)."""
+        if scope is not None and scope not in self._good:
+            # no evidence (rule 2); a trial that ends so says nothing either (rule 3)
+            if self._state == "half_open":
+                self._trial = 0
+            return
         self._failures += 1
         if scope is None:
             self._unscoped = True
-        elif len(self._scopes) < SPREAD:  # only whether SPREAD were seen matters
+        elif len(self._scopes) < self.threshold:  # only whether that many were seen matters
             self._scopes.add(scope)
-        evidence = self._unscoped or len(self._scopes) >= min(SPREAD, self.threshold)
+        evidence = self._unscoped or len(self._scopes) >= self.threshold
         if self._state == "half_open" or (evidence and self._failures >= self.threshold):
             self._state = "open"
             self._opened_at = now

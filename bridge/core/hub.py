@@ -103,6 +103,13 @@ class SessionHub:
             return self._presence_entry(now)
         return None
 
+    def rejoin(self, client: str, user: str, now: float) -> Entry | None:
+        """A live client of ``user`` counts for presence again (an explicit ``join``
+        after their explicit ``leave``). A presence entry when they became present."""
+        if self.presence.connect(client, user, now):
+            return self._presence_entry(now)
+        return None
+
     def detach(self, client: str, now: float) -> None:
         self.presence.disconnect(client, now)
 

@@ -131,9 +131,11 @@ class ReplayLog:
         return self._add(seq, type_, payload, now)
 
     def _add(self, seq: int, type_: str, payload: Any, now: float) -> Entry:
+        # encoded before anything changes: a payload the encoder refuses leaves
+        # the log as it was (no seq is used up, no hole in the window)
+        message = stream(type_, seq, payload)
+        entry = Entry(seq, type_, message, now, JSON.encode(message))
         self.head = seq
-        message = stream(type_, self.head, payload)
-        entry = Entry(self.head, type_, message, now, JSON.encode(message))
         old = self._latest.get(type_)
         if old is not None and old in self._pinned:
             self._pinned.remove(old)

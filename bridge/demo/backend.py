@@ -67,6 +67,8 @@ class Backend:
         self.stall_ratio = 1.0
         #: requests to these paths (exactly) answer 500
         self.fail_paths: set[str] = set()
+        #: when set, only requests to these paths are stalled
+        self.stall_paths: set[str] = set()
         self.faults_injected = 0
 
     def _expire(self, session: Session) -> None:
@@ -108,7 +110,8 @@ class Backend:
             raise web.HTTPInternalServerError(
                 text='{"error":"injected fault on this path"}', content_type="application/json"
             )
-        if self.stall and random.random() < self.stall_ratio:
+        stalled = not self.stall_paths or (request is not None and request.path in self.stall_paths)
+        if self.stall and stalled and random.random() < self.stall_ratio:
             self.faults_injected += 1
             await asyncio.sleep(self.stall)
         if self.fail_ratio and random.random() < self.fail_ratio:
@@ -138,8 +141,8 @@ class Backend:
         return user
 
     async def join(self, request: web.Request) -> web.Response:
+        body = await self._body(request)  # received, then worked on (the faults)
         await self._faults(request)
-        body = await self._body(request)
         self._record(request, body)
         uid = body.get("userId")
         if not isinstance(uid, str) or not uid:
@@ -152,8 +155,8 @@ class Backend:
         return web.json_response(session.view())
 
     async def vote(self, request: web.Request) -> web.Response:
+        body = await self._body(request)  # received, then worked on (the faults)
         await self._faults(request)
-        body = await self._body(request)
         self._record(request, body)
         session = self._session(request)
         uid = request.match_info["uid"]
@@ -167,15 +170,17 @@ class Backend:
         return web.json_response(session.view())
 
     async def reveal(self, request: web.Request) -> web.Response:
+        body = await self._body(request)  # received, then worked on (the faults)
         await self._faults(request)
-        self._record(request, await self._body(request))
+        self._record(request, body)
         session = self._session(request)
         session.revealed = True
         return web.json_response(session.view())
 
     async def reset(self, request: web.Request) -> web.Response:
+        body = await self._body(request)  # received, then worked on (the faults)
         await self._faults(request)
-        self._record(request, await self._body(request))
+        self._record(request, body)
         session = self._session(request)
         session.revealed = False
         session.votes.clear()
@@ -183,8 +188,8 @@ class Backend:
         return web.json_response(session.view())
 
     async def leave(self, request: web.Request) -> web.Response:
+        body = await self._body(request)  # received, then worked on (the faults)
         await self._faults(request)
-        body = await self._body(request)
         self._record(request, body)
         session = self._session(request)
         uid = body.get("userId")
@@ -193,8 +198,8 @@ class Backend:
         return web.json_response(session.view())
 
     async def heartbeat(self, request: web.Request) -> web.Response:
+        body = await self._body(request)  # received, then worked on (the faults)
         await self._faults(request)
-        body = await self._body(request)
         self._record(request, body)
         session = self._session(request)
         user = self._member(session, str(body.get("userId")))
@@ -222,18 +227,30 @@ class Backend:
         self.stall = float(body.get("stall", 0.0))
         self.stall_ratio = float(body.get("stallRatio", 1.0))
         self.fail_paths = {str(p) for p in body.get("failPaths", [])}
+        self.stall_paths = {str(p) for p in body.get("stallPaths", [])}
         return web.json_response(
             {"failRatio": self.fail_ratio, "stall": self.stall, "stallRatio": self.stall_ratio,
-             "failPaths": sorted(self.fail_paths)}
+             "failPaths": sorted(self.fail_paths), "stallPaths": sorted(self.stall_paths)}
         )  # fmt: skip
 
 
 BACKEND: web.AppKey[Backend] = web.AppKey("backend", Backend)
 
 
+@web.middleware
+async def finish_requests(request: web.Request, handler: Any) -> web.StreamResponse:
+    """A request the app started is finished even when its client goes away, as
+    most app servers do (and aiohttp's own default; its test server cancels)."""
+    task = asyncio.ensure_future(handler(request))
+    # observed either way: a client gone is no reason for "never retrieved"
+    task.add_done_callback(lambda t: t.cancelled() or t.exception())
+    response: web.StreamResponse = await asyncio.shield(task)
+    return response
+
+
 def make_backend_app(expiry: float = 30.0) -> web.Application:
     backend = Backend(expiry)
-    app = web.Application()
+    app = web.Application(middlewares=[finish_requests])
     app[BACKEND] = backend
     r = app.router
     r.add_post("/api/sessions/{sid}/join", backend.join)

@@ -17,8 +17,9 @@ from .values import problem
 
 
 def _message_id(raw: dict[Any, Any]) -> str | None:
+    """The command id, when it is one the bridge can echo in an ack."""
     value = raw.get("id")
-    if isinstance(value, str) and 0 < len(value) <= MAX_COMMAND_ID:
+    if isinstance(value, str) and 0 < len(value) <= MAX_COMMAND_ID and problem(value) is None:
         return value
     return None
 

@@ -73,7 +73,7 @@ class Admission:
         self.client_id = client_id
         self.by_token = by_token
         self.ip = ip
-        self.joined = Joined.ALREADY
+        self.joined = Joined.NOT_BY_THIS
         # a reconnect of a client already here replaces its connection: no new slot
         self._in_session = client_id not in session.conns
         self._done = False
@@ -112,7 +112,7 @@ class Admission:
             return
         a = self._admitter
         a.sessions.release_ip(self.ip)
-        if self.joined is Joined.JOINED:
+        if self.joined is Joined.BY_THIS:
             a.membership.hold(self.session, self.req.user_id)
         a.sessions.drop_if_idle(self.session)
 

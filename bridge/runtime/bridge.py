@@ -24,7 +24,6 @@ from typing import Any
 
 from ..backplane import Backplane, make_backplane
 from ..config import Config
-from ..core.replay import Entry
 from ..exceptions import Unauthorized
 from ..metrics import Metrics
 from ..protocol import messages as m
@@ -171,9 +170,6 @@ class Bridge:
         again = conn.flush_held(now)
         if again is not None:
             self.ticker.schedule(("flush", conn), again)
-
-    def broadcast(self, session: Session, entry: Entry, seen_at: float | None = None) -> None:
-        self.fanout.broadcast(session, entry, seen_at)
 
     async def publish_state(
         self, session: Session, payload: Any, source: str, seen_at: float

@@ -5,7 +5,8 @@ Two ways in, one pipeline:
 - a stream transport's reader calls :meth:`Commands.receive` for every frame.
   It never waits (style.md, 17: reading never waits for work): control
   messages are answered, refusals acked, and commands go to the connection's
-  inbox, which one worker task of the connection forwards in arrival order.
+  inbox, which one worker task of the connection forwards in arrival order
+  (also after the transport closed: what was read is never dropped).
   The inbox is bounded (``MAX_INBOX``; past it: ``rate_limited``), so pongs and
   other frames are still read while a command is upstream;
 - ``POST paths.messages`` awaits :meth:`Commands.handle_message` per message.
@@ -99,20 +100,25 @@ class Commands:
             conn.tasks.spawn(self._work(conn), "forwarding commands")
 
     async def _work(self, conn: Connection) -> None:
-        """The connection's worker: its inbox in order, one command upstream at a time."""
+        """The connection's worker: its inbox in order, one command upstream at a time.
+
+        Every command read is forwarded, also once the transport has closed (a
+        client that sends a vote and a leave and goes): its ack then stays in
+        the de-dupe window for the client's retry."""
         inbox = conn.inbox
         try:
-            while inbox and not conn.closed:
+            while inbox:
                 try:
                     await self.command(conn, inbox[0])
                 except Exception:  # a bug of ours: this client is closed, the rest go on
                     log.exception("a command of a client of session %s failed", conn.session_id)
                     conn.close(1011, "internal error", "internal_error")
+                    break
                 finally:
                     if inbox:
                         del inbox[0]
         finally:
-            inbox.clear()  # closed: never forwarded, so the client sends them again
+            inbox.clear()  # cancelled: never forwarded, so the client sends them again
 
     async def handle_message(self, conn: Connection, raw: object) -> Message | None:
         """Process one decoded client message; returns its ack (if it has an id)."""
@@ -270,6 +276,8 @@ class Commands:
             self.sessions.drop_if_idle(session)
         if cmd.type == "leave":
             await self.membership.left(session, conn.user_id)
+        elif cmd.type == "join":
+            self.membership.rejoined(session, conn.user_id)
         session.refresh.set()
         return m.ack_ok(cid)
 

@@ -10,8 +10,9 @@
 A join is part of an admission (``admission.py``): when the handshake fails
 after the join succeeded, the user is handed to the grace like a client that
 connected and went (:meth:`Membership.hold`), so the app gets its leave; a join
-whose outcome is unknown (cancelled in flight, a timeout, a 5xx) is undone at
-once with a leave.
+whose outcome is unknown (cancelled in flight, a timeout, a 5xx) is forgotten
+at once (the next connect joins again) and undone with a leave one grace
+later, so the leave cannot overtake a join the app was still working on.
 """
 
 from __future__ import annotations
@@ -39,6 +40,9 @@ from .session import Joined, Session, UserContext
 from .sessions import Sessions
 
 log = logging.getLogger("bridge.runtime")
+
+#: the least an uncertain join is left to land before its undoing leave
+UNDO_AFTER_MIN = 0.05
 
 
 def template_context(
@@ -79,11 +83,11 @@ class Membership:
         with a shared backplane). Raises JoinRefused (``uncertain`` when the app
         may have applied it: then it has been undone)."""
         if not session.hub.needs_join(user_id):
-            return Joined.ALREADY
+            return Joined.NOT_BY_THIS
         pending = session.joining.get(user_id)
         if pending is not None:
             await asyncio.shield(pending)
-            return Joined.ALREADY  # that client's admission owns the join
+            return Joined.NOT_BY_THIS  # that client's admission owns the join
         fut: asyncio.Future[Joined] = asyncio.get_running_loop().create_future()
         session.joining[user_id] = fut
         try:
@@ -110,7 +114,7 @@ class Membership:
         except BackplaneUnavailable as exc:
             raise JoinRefused(1013, exc.code, str(exc)) from None
         if not claimed:  # present through another instance: no second join
-            return Joined.ALREADY
+            return Joined.NOT_BY_THIS
         route = self.cfg.upstream.commands.get("join")
         ctx = template_context(session.id, user_id, client_id, req.params, {})
         uncertain = False
@@ -142,18 +146,22 @@ class Membership:
                 raise JoinRefused(1013, exc.code, exc.message, uncertain=uncertain) from None
             raise
         await self.backplane.joined(session, user_id)
-        return Joined.JOINED
+        return Joined.BY_THIS
 
     def _undo_join(self, session: Session, user: str, ctx: UserContext) -> None:
-        """A join that may have reached the app: send its leave (unless a client of
-        the user is here by now), and forget the user in the backplane."""
+        """A join that may have reached the app (cancelled in flight, a timeout, a
+        5xx): the user is forgotten at once, so their next connect joins again; and
+        after ``presence.grace`` — long after a join the app was still working on
+        has landed, so the leave never overtakes it — they get a leave, unless
+        they are present again by then (anywhere)."""
 
         async def undo() -> None:
             await self.backplane.unclaim_user(session, user)
-            if not session.hub.presence.is_present(user):
+            await asyncio.sleep(max(self.cfg.presence.grace, UNDO_AFTER_MIN))
+            if not await self.backplane.present(session, user):
                 await self._user_request(session, user, "leave", ctx)
 
-        session.tasks.spawn(undo(), "undoing an interrupted join")
+        session.tasks.spawn(undo(), "undoing an uncertain join")
 
     def hold(self, session: Session, user: str) -> None:
         """The user's join succeeded but their handshake did not: they are present
@@ -181,6 +189,17 @@ class Membership:
             self.fanout.broadcast(session, tick.presence)
         self.sessions.schedule(session)
         self.sessions.update_gauges()
+
+    def rejoined(self, session: Session, user: str) -> None:
+        """An explicit ``join`` was forwarded: the user's live clients here make them
+        present again (after an explicit leave), so their going gets a leave."""
+        now = time.monotonic()
+        for conn in list(session.conns.values()):
+            if conn.user_id == user:
+                entry = session.hub.rejoin(conn.client_id, user, now)
+                if entry is not None:
+                    self.fanout.broadcast(session, entry)
+        self.sessions.schedule(session)
 
     async def left(self, session: Session, user: str) -> None:
         """An explicit leave was forwarded: the user is gone now, everywhere."""

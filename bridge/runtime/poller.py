@@ -82,7 +82,11 @@ class Poller:
     async def _loop(self, session: Session) -> None:
         while self.sessions.get(session.id) is session and self.backplane.owns(session):
             session.refresh.clear()
-            await self.poll_once(session)
+            try:
+                await self.poll_once(session)
+            except Exception:  # a bug of ours: said loudly; the poller goes on, backing off
+                log.exception("state poll of session %s failed", session.id)
+                self._failed(session, f"state poll of session {session.id} failed")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(session.refresh.wait(), self.delay(session))
 
@@ -95,10 +99,6 @@ class Poller:
                 self.check(result.payload)
         except UpstreamError as exc:
             self._failed(session, f"state poll of session {session.id} failed: {exc}")
-            return
-        except Exception:  # a bug of ours: said loudly, and the poller goes on
-            log.exception("state poll of session %s failed", session.id)
-            self._failed(session, f"state poll of session {session.id} failed")
             return
         session.poll_failures = 0
         if not result.changed:

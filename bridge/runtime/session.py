@@ -29,10 +29,13 @@ class UserContext:
 
 
 class Joined(Enum):
-    """What an admission's join did: nothing (the user was present), or made them present."""
+    """What an admission's join step did."""
 
-    ALREADY = "already"
-    JOINED = "joined"
+    #: nothing: the user was present already (here or on another instance), or
+    #: another admission of theirs is joining them (that one owns the join)
+    NOT_BY_THIS = "not_by_this"
+    #: this admission's join made the user present upstream
+    BY_THIS = "by_this"
 
 
 @dataclass(eq=False)

@@ -6,8 +6,9 @@
 - :meth:`Sessions.detach` ends it (the user's grace starts if it was their last);
 - :meth:`Sessions.drop_if_idle` forgets a session nobody uses any more: no
   client, nobody present, no handshake admitted, no command upstream, no task
-  that must finish, and the backplane does not keep it. Its log goes; the next
-  one has a new epoch.
+  that must finish, and the backplane does not keep it. Its log goes (the next
+  one has a new epoch); its de-dupe window is kept until its acks expire, so a
+  command retried after the drop is answered, never applied twice.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from collections.abc import Callable
 
 from ..backplane import Backplane
 from ..config import Config
+from ..core.dedupe import Dedupe
 from ..core.hub import HubSettings, SessionHub
 from ..core.replay import Reset
 from ..exceptions import Unauthorized
@@ -115,6 +117,10 @@ class Sessions:
         self._conn_ip: dict[int, str] = {}
         #: handshakes admitted and not yet attached (limits.max_connections)
         self.reserved = 0
+        #: the de-dupe windows of dropped sessions, until their last ack expires: a
+        #: client's retry after its session was dropped is still answered, not applied again
+        #: (in the order they were dropped, so in the order they expire)
+        self.parked: dict[str, tuple[Dedupe, float]] = {}
 
     def reconfigure(self, cfg: Config) -> None:
         self.cfg = cfg
@@ -128,6 +134,9 @@ class Sessions:
         session = self.by_id.get(session_id)
         if session is None:
             hub = SessionHub(session_id, secrets.token_urlsafe(9), self.settings)
+            parked = self.parked.pop(session_id, None)
+            if parked is not None:
+                hub.dedupe = parked[0]
             tasks = TaskOwner("session", about=f"session {session_id}", count=self._count)
             session = Session(session_id, hub, tasks)
             tasks.on_idle = lambda: self.drop_if_idle(session)
@@ -149,11 +158,24 @@ class Sessions:
             and not self.backplane.keep(session)
         ):
             del self.by_id[session.id]
+            self._park(session)
             self.ticker.cancel(("session", session.id))
             session.tasks.cancel()  # the poller (nothing else runs: not busy)
             session.poller = None
             self.backplane.closed(session)
             self.update_gauges()
+
+    def _park(self, session: Session) -> None:
+        now = time.monotonic()
+        while self.parked:  # the oldest first: each expires one window after its drop
+            sid = next(iter(self.parked))
+            if self.parked[sid][1] > now:
+                break
+            del self.parked[sid]
+        dedupe = session.hub.dedupe
+        dedupe.expire(now)
+        if len(dedupe):
+            self.parked[session.id] = (dedupe, now + dedupe.window)
 
     def schedule(self, session: Session) -> None:
         """Set the session's presence timer to its hub's next deadline."""
@@ -174,22 +196,33 @@ class Sessions:
         The caller (an admission) already counted it under the limits."""
         now = time.monotonic()
         previous = session.conns.get(conn.client_id)
-        if previous is not None and previous is not conn:
-            previous.close(1000, "replaced by a newer connection of this client")
         session.conns[conn.client_id] = conn
         self.connections[id(conn)] = conn
         self._conn_ip[id(conn)] = ip
         session.users[conn.user_id] = UserContext(conn.client_id, conn.params, conn.headers)
-        attached = session.hub.attach(conn.client_id, conn.user_id, req.epoch, req.last_seq, now)
-        backlog = attached.backlog
-        resumed = not isinstance(backlog, Reset)
+        self.metrics.connections_active.labels(conn.transport).inc()
+        try:
+            if previous is not None and previous is not conn:
+                previous.close(1000, "replaced by a newer connection of this client")
+            attached = session.hub.attach(
+                conn.client_id, conn.user_id, req.epoch, req.last_seq, now
+            )
+            resumed = not isinstance(attached.backlog, Reset)
+            conn.start(
+                self.welcome(session, conn, resumed, attached.head), attached.backlog.entries
+            )
+        except BaseException:
+            # all or nothing: a transport that cannot start leaves no slot, count
+            # or presence behind (its user's grace starts, as for any client gone)
+            log.exception("starting a %s client of session %s failed", conn.transport, session.id)
+            conn.closed = True
+            self.detach(conn, "internal_error")
+            raise
         if req.epoch is not None and req.last_seq is not None and by_token:
             self.metrics.resumes.labels("resumed" if resumed else "reset").inc()
-        conn.start(self.welcome(session, conn, resumed, attached.head), backlog.entries)
         if req.previous is not None and req.previous != conn.transport:
             self.metrics.transport_switches.labels(req.previous, conn.transport).inc()
         self.metrics.connections_opened.labels(conn.transport).inc()
-        self.metrics.connections_active.labels(conn.transport).inc()
         if attached.presence is not None:
             self.fanout.broadcast(session, attached.presence)
         self.update_gauges()

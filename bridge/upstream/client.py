@@ -12,10 +12,12 @@ or the app's ``Retry-After`` when that is shorter than ``retry.max``.
 
 Circuit breaker (``core/breaker.py``): connection failures, timeouts and
 502/503/504 are evidence that the app as a whole is unwell; any other 5xx
-counts only for its session (``scope``), so one session's failing route
-never opens the breaker for everyone. While it is open nothing is sent and
-:class:`CircuitOpen` is raised at once. A request cancelled while it was the
-half-open trial gives the trial back.
+is scoped to its session, and counts only from sessions that worked before
+and only when that many different ones fail in a row, so one session's (or
+one client's made-up sessions') failing route never opens the breaker for
+everyone. While it is open nothing is sent and :class:`CircuitOpen` is raised
+at once. A request cancelled while it was the half-open trial, or answered
+429, gives the trial back.
 """
 
 from __future__ import annotations
@@ -208,17 +210,20 @@ class UpstreamClient:
                 raise
             else:
                 if resp.status < 400:
-                    self.breaker.success()
+                    self.breaker.success(scope)
                     self._update_breaker_gauge()
                     return resp
                 if resp.status < 500 and resp.status != 429:
-                    self.breaker.success()  # the app is alive; the request was wrong
+                    self.breaker.success(scope)  # the app is alive; the request was wrong
                     self._update_breaker_gauge()
                     raise UpstreamRejected(
                         f"{name}: upstream answered {resp.status}", status=resp.status
                     )
-                if resp.status != 429:
-                    # one session's 500 says nothing about the app as a whole
+                if resp.status == 429:
+                    # alive, asking to slow down: no verdict (a trial's slot is free again)
+                    self.breaker.release(permit)
+                else:
+                    # one session's 500 says nothing about the app as a whole by itself
                     where = None if resp.status in APP_WIDE else scope
                     self.breaker.failure(time.monotonic(), where)
                     self._update_breaker_gauge()

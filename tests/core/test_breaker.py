@@ -57,7 +57,7 @@ from hypothesis.stateful import (  # noqa: E402
     rule,
 )
 
-from bridge.core.breaker import SPREAD, Permit  # noqa: E402
+from bridge.core.breaker import KNOWN_GOOD, Permit  # noqa: E402
 
 
 def opened(threshold: int = 1, recovery: float = 10.0, trial_timeout: float = 30.0):
@@ -115,25 +115,44 @@ def test_the_trial_of_a_new_half_open_period_starts_free():
     assert b.allow(2.5) == Permit(2)  # recovered again: a fresh trial
 
 
+def worked(b: CircuitBreaker, *scopes: str) -> None:
+    for scope in scopes:
+        b.success(scope)
+
+
 def test_failures_of_one_scope_never_open_it():
     b = CircuitBreaker(failures=3, recovery=1.0)
+    worked(b, "s1")
     for i in range(50):
         b.failure(float(i), "s1")
     assert b.state(50.0) == "closed"
 
 
-def test_failures_of_spread_scopes_open_it():
-    assert SPREAD == 2
-    b = CircuitBreaker(failures=3, recovery=1.0)
-    b.failure(0.0, "s1")
-    b.failure(0.0, "s1")
+def test_failures_of_sessions_that_never_worked_are_no_evidence():
+    b = CircuitBreaker(failures=2, recovery=1.0)
+    for i in range(20):  # made-up rooms, each answering 500
+        b.failure(0.0, f"nobody{i}")
     assert b.state(0.0) == "closed"
-    b.failure(0.0, "s2")  # three in a row, from two sessions
+    b.failure(0.0)  # they did not even start a run: one unscoped failure is not two
+    assert b.state(0.0) == "closed"
+    b.failure(0.0)
+    assert b.state(0.0) == "open"
+
+
+def test_failures_of_as_many_sessions_that_worked_as_the_threshold_open_it():
+    b = CircuitBreaker(failures=3, recovery=1.0)
+    worked(b, "s1", "s2", "s3")
+    b.failure(0.0, "s1")
+    b.failure(0.0, "s2")
+    b.failure(0.0, "s2")
+    assert b.state(0.0) == "closed"  # three in a row, but from two sessions
+    b.failure(0.0, "s3")
     assert b.state(0.0) == "open"
 
 
 def test_a_scoped_run_opens_at_once_with_an_unscoped_failure():
     b = CircuitBreaker(failures=3, recovery=1.0)
+    worked(b, "s1")
     b.failure(0.0, "s1")
     b.failure(0.0, "s1")
     b.failure(0.0)
@@ -142,6 +161,7 @@ def test_a_scoped_run_opens_at_once_with_an_unscoped_failure():
 
 def test_an_unscoped_failure_alone_needs_the_threshold():
     b = CircuitBreaker(failures=3, recovery=1.0)
+    worked(b, "s1")
     b.failure(0.0)
     b.failure(0.0, "s1")
     assert b.state(0.0) == "closed"
@@ -149,10 +169,11 @@ def test_an_unscoped_failure_alone_needs_the_threshold():
     assert b.state(0.0) == "open"
 
 
-def test_a_success_forgets_the_scopes_and_the_unscoped_failure():
+def test_a_success_forgets_the_run():
     b = CircuitBreaker(failures=2, recovery=1.0)
+    worked(b, "s1", "s2", "s3")
     b.failure(0.0, "s1")
-    b.failure(0.0)  # would open now... it does: two in a row, one unscoped
+    b.failure(0.0)
     assert b.state(0.0) == "open"
     b.success()
     b.failure(0.0, "s2")
@@ -165,17 +186,39 @@ def test_a_success_forgets_the_scopes_and_the_unscoped_failure():
     assert b.state(0.0) == "open"
 
 
-def test_threshold_one_opens_on_any_failure():
+def test_known_good_sessions_are_bounded_least_recent_first():
+    b = CircuitBreaker(failures=2, recovery=1.0)
+    worked(b, "old", *[f"s{i}" for i in range(KNOWN_GOOD - 1)])
+    worked(b, "old")  # refreshed: now the most recent
+    worked(b, "new")  # one over: the least recently successful goes
+    b.failure(0.0, "s0")
+    b.failure(0.0, "old")
+    assert b.state(0.0) == "closed", "s0 was forgotten"
+    b.failure(0.0, "new")
+    assert b.state(0.0) == "open"
+
+
+def test_threshold_one_opens_on_any_evidence():
     b = CircuitBreaker(failures=1, recovery=1.0)
+    b.failure(0.0, "unknown")
+    assert b.state(0.0) == "closed"
+    worked(b, "s1")
     b.failure(0.0, "s1")
     assert b.state(0.0) == "open"
 
 
-def test_a_scoped_failure_while_half_open_reopens():
+def test_a_failed_trial_reopens_only_with_evidence():
     b = opened(recovery=1.0)
-    assert b.allow(1.0)
-    b.failure(1.0, "s9")
-    assert b.state(1.0) == "open"
+    trial = b.allow(1.0)
+    assert trial == Permit(1)
+    b.failure(1.0, "never-worked")  # says nothing of the app: the slot is free again
+    assert b.state(1.0) == "half_open" and b.allow(1.0) == Permit(2)
+    b2 = opened(recovery=1.0)
+    worked(b2, "s9")
+    b2.failure(0.0)  # open again
+    assert b2.allow(1.0)
+    b2.failure(1.0, "s9")
+    assert b2.state(1.0) == "open"
 
 
 class BreakerMachine(RuleBasedStateMachine):
@@ -197,9 +240,10 @@ class BreakerMachine(RuleBasedStateMachine):
         #: trials up to this number belong to a half-open period that is over
         self.stale_upto = 0
         self.issued = 0
-        #: scopes of the failures since the last success (None: unscoped)
+        #: the failures that are evidence since the last success (None: unscoped)
         self.run: list[str | None] = []
-        self.was_closed_since_success = True
+        #: scopes that had a success
+        self.good: set[str] = set()
 
     @rule(dt=st.sampled_from([0.0, 0.1, 0.6, 1.1, 3.5, 11.0]))
     def time_passes(self, dt: float) -> None:
@@ -226,21 +270,36 @@ class BreakerMachine(RuleBasedStateMachine):
     def resolve(self, data: st.DataObject, how: str) -> None:
         i = data.draw(st.integers(0, len(self.out) - 1))
         permit, issued_at = self.out.pop(i)
+        before = self.b.state(self.now)
+        scope = data.draw(st.sampled_from([None, "s1", "s2", "s3", "s4"]))
         if how == "success":
-            self.b.success()
+            self.b.success(scope)
             self.run = []
+            if scope is not None:
+                self.good.add(scope)
         elif how == "failure":
             self.b.failure(self.now)
             self.run.append(None)
         elif how == "scoped":
-            self.b.failure(self.now, data.draw(st.sampled_from(["s1", "s2", "s3"])))
-            self.run.append("scoped")
+            scope = scope or "s1"
+            self.b.failure(self.now, scope)
+            if scope in self.good:
+                self.run.append(scope)
+            elif before != "half_open":
+                assert self.b.state(self.now) == before, (
+                    "a session that never worked is no evidence"
+                )
         elif how == "release":
             self.b.release(permit)
         else:  # "vanish": the caller never comes back; only the trial's timeout frees it
             self.ghosts.append((permit, issued_at))
+        if before == "closed" and self.b.state(self.now) == "open":
+            evidence = None in self.run or len(set(self.run)) >= self.threshold
+            assert len(self.run) >= self.threshold and evidence, (self.run, self.threshold)
         if how == "release" and permit.trial == self.issued:  # the trial under way: freed
             self.stale_upto = self.issued
+        if how == "scoped" and before == "half_open" and scope not in self.good:
+            self.stale_upto = self.issued  # no evidence: the trial's slot is free again
         if self.b.state(self.now) != "half_open":  # opened or closed: that period is over
             self.stale_upto = self.issued
 
@@ -258,14 +317,6 @@ class BreakerMachine(RuleBasedStateMachine):
             return
         if self.b.state(self.now) == "half_open" and not self._live_trials():
             assert self.b.retry_in(self.now) == 0.0
-
-    @invariant()
-    def one_session_never_opens_it(self) -> None:
-        if not hasattr(self, "b") or self.threshold < 2:
-            return
-        if self.run and all(s == "scoped" for s in self.run) and self.b.state(self.now) == "open":
-            # only possible through a failed trial: a half-open breaker reopens on any failure
-            assert self.b._failures >= 1
 
 
 TestBreakerMachine = BreakerMachine.TestCase

@@ -106,7 +106,9 @@ async def test_cors_only_for_listed_origins(make_stack):
 async def test_a_handshake_that_takes_too_long_is_refused(make_stack):
     stack: Stack = await make_stack({"limits": {"handshake_timeout": "300ms"}})
     async with stack.http.post(
-        stack.backend_server.make_url("/_demo/faults"), json={"stall": 2.0}
+        # the joins stall (their undoing leaves, one grace later, do not)
+        stack.backend_server.make_url("/_demo/faults"),
+        json={"stall": 2.0, "stallPaths": ["/api/sessions/slow-join/join"]},
     ) as r:
         assert r.status == 200
     loop = asyncio.get_running_loop()

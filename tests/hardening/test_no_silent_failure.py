@@ -376,3 +376,93 @@ async def test_a_connection_that_fails_to_take_an_entry_is_closed_and_others_get
     assert (await fine.command("vote", {"vote": "2"}))["status"] == "ok"
     await fine.wait_state(lambda s: any(u.get("voted") for u in s["users"]))
     assert await broken.closed() == 1011
+
+
+# ------------------------------------------------------------------ found in review
+
+
+async def test_commands_sent_just_before_a_close_are_forwarded(stack: Stack):
+    c = await stack.connect("bye", "u1")
+    await c.wait_state(lambda s: True)
+    stack.backend.stall = 0.2  # the vote is still upstream when the close is read
+    await c.send({"type": "vote", "id": "v", "payload": {"vote": "3"}})
+    await c.send({"type": "leave", "id": "l"})
+    await c.ws.close()
+    await eventually(lambda: len(stack.commands("/leave")) == 1, 3, "the leave, at once")
+    assert len(stack.commands("/votes/u1")) == 1
+    await asyncio.sleep(1.5)  # past the grace: no second leave
+    assert len(stack.commands("/leave")) == 1
+
+
+async def test_the_leave_undoing_an_uncertain_join_never_overtakes_it(make_stack):
+    stack: Stack = await make_stack({"limits": {"handshake_timeout": "300ms"}})
+    await faults(stack, stall=1.0, stallPaths=["/api/sessions/slow/join"])
+    c = await stack.connect("slow", "u1", expect_welcome=False)
+    assert await c.closed() == 1013
+    await eventually(lambda: len(stack.commands("/leave")) == 1, 5, "the undoing leave")
+    order = [x["path"].rsplit("/", 1)[-1] for x in stack.commands("/api/sessions/slow/")]
+    assert order == ["join", "leave"], order  # the app finished the join first
+    assert stack.backend.sessions["slow"].users == {}, "nobody left joined at the app"
+
+
+async def test_a_lone_surrogate_is_refused_at_the_edge(stack: Stack):
+    c = await stack.connect("surrogate", "u1")
+    await c.wait_state(lambda s: True)
+    await c.ws.send_str('{"type":"vote","id":"s1","payload":{"vote":"\\ud800"}}')
+    ack = await c.wait_for(lambda m: m.get("type") == "ack" and m.get("id") == "s1")
+    assert ack["error"]["code"] == "bad_message"
+    await c.ws.send_str('{"type":"vote","id":"\\ud801","payload":{"vote":"1"}}')
+    err = await c.wait_for(lambda m: m.get("type") == "error")
+    assert err["code"] == "bad_message" and "id" not in err  # the id cannot be echoed
+    assert stack.commands("/votes/") == []
+    assert (await c.command("vote", {"vote": "5"}))["status"] == "ok"
+
+
+@pytest.mark.allow_errors(r"starting a websocket client of session crash failed", r"Error handling")
+async def test_a_transport_that_fails_to_start_leaves_nothing_behind(stack: Stack, monkeypatch):
+    from bridge.transports.websocket import WebSocketConnection
+
+    original = WebSocketConnection.start
+
+    def start(self, welcome, backlog):
+        if self.user_id == "crash":
+            raise RuntimeError("a bug in start()")
+        return original(self, welcome, backlog)
+
+    monkeypatch.setattr(WebSocketConnection, "start", start)
+    with pytest.raises((aiohttp.ClientError, AssertionError)):
+        await stack.connect("crash", "crash")
+    await eventually(lambda: len(stack.commands("/leave")) == 1, 4, "the user's one leave")
+    await eventually(lambda: "crash" not in stack.bridge.sessions, 2, "the session dropped")
+    assert stack.bridge.connections == {} and stack.bridge.per_ip == {}
+
+
+async def test_an_explicit_join_after_an_explicit_leave_gets_its_leave(stack: Stack):
+    c = await stack.connect("again", "u1")
+    await c.wait_state(lambda s: True)
+    assert (await c.command("leave"))["status"] == "ok"
+    assert (await c.command("join"))["status"] == "ok"
+    await c.close()
+    await eventually(lambda: len(stack.commands("/leave")) == 2, 4, "a leave for the second join")
+    assert stack.backend.sessions["again"].users == {}
+
+
+async def test_a_retry_after_its_session_was_dropped_is_not_applied_again(stack: Stack):
+    token = stack.bridge.tokens.issue("c1", "gone", "u1")
+    body = {"type": "reset", "id": "once"}
+
+    async def post():
+        async with stack.http.post(
+            stack.url("/api/messages"), params={"resumeToken": token}, json=body
+        ) as r:
+            assert r.status == 200
+            return (await r.json())["acks"][0]
+
+    await stack.connect("gone", "u0")  # the session exists at the app
+    first = await post()
+    assert first["status"] == "ok"
+    for c in stack.clients:
+        await c.close()
+    await eventually(lambda: "gone" not in stack.bridge.sessions, 4, "the session dropped")
+    assert await post() == first, "answered from the de-dupe window"
+    assert len(stack.commands("/reset")) == 1

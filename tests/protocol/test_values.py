@@ -33,13 +33,22 @@ def test_values_every_codec_carries(value):
         ({"a": b"raw"}, "a value of type bytes is not allowed"),
         ([object()], "a value of type object is not allowed"),
         ({"deep": [1, 2, {"x": [math.inf]}]}, "a number is not finite (NaN or infinity)"),
+        ("\ud800", "a string is not valid Unicode (a lone surrogate)"),
+        (["ok", "caf\u00e9 \udfff"], "a string is not valid Unicode (a lone surrogate)"),
+        ({"\udc80": 1}, "a string is not valid Unicode (a lone surrogate)"),
     ],
 )
 def test_values_some_codec_cannot_carry(value, why):
     assert problem(value) == why
 
 
+def test_non_ascii_strings_are_fine():
+    assert problem({"caf\u00e9": "\U0001f600 \u2603"}) is None
+
+
 def test_each_wrong_value_breaks_an_encoder_it_would_have_met():
+    with pytest.raises(UnicodeEncodeError):
+        JSON.encode({"v": "\ud800"})
     with pytest.raises(ValueError):
         JSON.encode({"v": math.inf})
     with pytest.raises(OverflowError):
@@ -68,13 +77,17 @@ def test_a_very_deep_value_costs_no_recursion():
     assert problem(nested(100_000)) == "nested deeper than 100 levels"
 
 
-json_values = st.recursive(
+def containers(children: st.SearchStrategy[object]) -> st.SearchStrategy[object]:
+    return st.lists(children, max_size=4) | st.dictionaries(
+        st.text(max_size=4), children, max_size=4
+    )
+
+
+scalars = (
     st.none() | st.booleans() | st.integers(INT_MIN, INT_MAX)
-    | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=5),
-    lambda children: st.lists(children, max_size=4)
-    | st.dictionaries(st.text(max_size=4), children, max_size=4),
-    max_leaves=30,
+    | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=5)
 )  # fmt: skip
+json_values = st.recursive(scalars, containers, max_leaves=30)
 
 
 @given(json_values)

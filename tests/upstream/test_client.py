@@ -254,9 +254,29 @@ async def test_one_sessions_500s_do_not_open_the_breaker(app_and_client):
             await client.fetch_state("bad", None, None)
     assert client.breaker_state() == "closed"
     assert (await client.fetch_state("good", None, None)).changed
-    # the same answers from several sessions: the app as a whole is unwell
-    scripted.script["/api/sessions/good"] = [500]
-    for sid in ("bad", "good", "bad"):
+    # sessions that worked, failing one after the other: the app as a whole is unwell
+    for sid in ("a", "b", "c"):
+        assert (await client.fetch_state(sid, None, None)).changed
+    for sid in ("a", "b", "c"):
+        scripted.script[f"/api/sessions/{sid}"] = [500]
+    for sid in ("a", "b", "bad", "b"):
         with pytest.raises(UpstreamFailed):
             await client.fetch_state(sid, None, None)
+    assert client.breaker_state() == "closed", "two sessions that worked (threshold 3)"
+    with pytest.raises(UpstreamFailed):
+        await client.fetch_state("c", None, None)
     assert client.breaker_state() == "open"
+
+
+async def test_a_trial_answered_429_gives_the_slot_back(app_and_client):
+    scripted, make = app_and_client
+    client, cfg = await make(retry={"attempts": 2, "initial": "10ms", "max": "20ms"})
+    scripted.script["/api/sessions/s1/reveal"] = [504]
+    for _ in range(3):
+        with pytest.raises(UpstreamFailed):
+            await client.request("reveal", cfg.upstream.commands["reveal"], CTX)
+    await asyncio.sleep(0.25)  # half-open
+    scripted.script["/api/sessions/s1/reveal"] = [(429, {"Retry-After": "0"}), 200]
+    resp = await client.request("reveal", cfg.upstream.commands["reveal"], CTX)
+    assert resp.status == 200, "its own retry was let through as the next trial"
+    assert client.breaker_state() == "closed"

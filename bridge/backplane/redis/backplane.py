@@ -349,7 +349,7 @@ class RedisBackplane:
         if f is None or f.session is not session:
             return
         self._forget(f)
-        if f.fence is not None and self._healthy:
+        if self._healthy:  # also a lease taken by a load cut short (the script checks it is ours)
             self._fire(self.scripts.release(f.keys, token=self.instance), "releasing a lease")
         if self._pubsub is not None and self._pubsub_ready.is_set():
             self._fire(self._unsubscribe(self._pubsub, session.id, f.keys.channel), "unsubscribing")
@@ -761,6 +761,12 @@ class RedisBackplane:
     async def unclaim_user(self, session: SessionView, user: str) -> None:
         with contextlib.suppress(*OUTAGE):
             await self._remove_user(session, user)
+
+    async def present(self, session: SessionView, user: str) -> bool:
+        try:
+            return await self.redis.zscore(self._keys(session).presence, user) is not None
+        except OUTAGE:
+            return session.is_present(user)
 
     async def joined(self, session: SessionView, user: str) -> None:
         await self._publish_presence(session)
