@@ -5,6 +5,7 @@ from hypothesis import strategies as st
 from bridge.exceptions import BadMessage, Forbidden, ProtocolError
 from bridge.protocol.normalise import normalise
 from bridge.protocol.types import Command
+from bridge.protocol.values import problem
 
 
 def n(raw):
@@ -114,3 +115,13 @@ def test_the_payload_is_copied_not_shared():
     cmd = n({"type": "vote", "payload": payload, "extra": 1})
     assert cmd.payload == {"vote": "5", "extra": 1}
     assert payload == {"vote": "5"}
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), 2**64, "\ud800"])
+def test_a_message_no_codec_can_carry_is_refused_with_its_id(bad):
+    raw = {"type": "vote", "id": "c", "payload": {"v": [1, bad]}}
+    why = problem(raw)
+    assert why is not None
+    assert n(raw) == BadMessage(f"cannot carry this message: {why}", id="c")
+    flat = {"type": "vote", "v": bad}
+    assert n(flat) == BadMessage(f"cannot carry this message: {problem(flat)}")
