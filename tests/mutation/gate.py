@@ -103,6 +103,9 @@ def gate(
         out.append("not killed, per module:")
         out += [f"  {module:32} {n}" for module, n in sorted(by_module.items())]
 
+    explained = [n for n in survivors if n in listed]
+    out.append(f"surviving: {len(survivors)}, of which {len(explained)} listed in survivors.txt")
+
     passed = True
     if rate < min_rate:
         passed = False

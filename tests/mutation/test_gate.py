@@ -46,6 +46,7 @@ def test_passes_when_every_survivor_is_listed_and_the_rate_is_met():
     passed, report = gate(results(), listed, min_rate=50.0)
     assert passed, report
     assert "killed 2 (50.0 % of 4 tested)" in report  # skipped is not tested; timeout kills
+    assert "surviving: 2, of which 2 listed in survivors.txt" in report
     assert report.endswith("mutation gate: passed")
 
 
