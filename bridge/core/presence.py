@@ -115,13 +115,16 @@ class Presence:
         return True
 
     def tick(self, now: float) -> Due:
+        """What is due by ``now``, in deadline order: a keep-alive that fell due
+        while its user was present is sent (and the next one scheduled), one that
+        falls due after their grace ended in this same tick is not."""
         left: list[str] = []
         keepalive: list[str] = []
         for kind, user in self._timers.pop_due(now):
             if kind == "grace":
-                self.leave(user)
+                self.leave(user)  # also cancels a keep-alive rescheduled in this tick
                 left.append(user)
-            else:  # a keep-alive timer exists only while its user is present
+            elif user in self._users:  # (popped with the grace: leave() cannot cancel it)
                 assert self.keepalive is not None
                 keepalive.append(user)
                 self._timers.schedule(("keepalive", user), now + self.keepalive)

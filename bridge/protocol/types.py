@@ -15,7 +15,7 @@ Seq = NewType("Seq", int)
 Message = dict[str, Any]
 """A decoded wire message: a map with at least ``type``."""
 
-ID_RE = re.compile(r"^[A-Za-z0-9._:@-]{1,128}$")
+ID_RE = re.compile(r"[A-Za-z0-9._:@-]{1,128}")
 MAX_COMMAND_ID = 64
 
 #: Query parameters with a meaning of their own; every other one is a client param.
@@ -32,7 +32,7 @@ CONTROL_TYPES = frozenset({"heartbeat", "pong", "ping"})
 
 def valid_id(value: object) -> bool:
     """True for a sessionId/userId: 1-128 chars of ``[A-Za-z0-9._:@-]``."""
-    return isinstance(value, str) and ID_RE.match(value) is not None
+    return isinstance(value, str) and ID_RE.fullmatch(value) is not None
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
@@ -39,13 +38,6 @@ CLIENTS = {"a1": "u1", "a2": "u1", "b1": "u2", "b2": "u2", "c1": "u3"}
 USERS = sorted(set(CLIENTS.values()))
 COMMAND_IDS = ["1", "2", "3"]
 STATES = [{"v": 1}, {"v": 2}, {"w": [1, 2], "v": 1}, {"v": 1, "w": [1, 2]}, {}]
-
-#: Presence.tick pops every due timer before acting on them: when a user's grace
-#: ends before (or at the same time as, scheduled earlier than) their keep-alive in
-#: one tick, the keep-alive is still sent and rescheduled, for a user who is gone,
-#: and then every interval until they come back. See the xfail tests below. While
-#: True, the machine tolerates those keep-alives (and only those).
-GHOST_KEEPALIVES = True
 
 #: whole seconds often (so deadlines tie), any time in between too
 short_steps = st.one_of(st.sampled_from([0.0, 0.5, 1.0, 2.0, 3.0]), st.floats(0.0, 3.0))
@@ -75,7 +67,6 @@ class HubLife(RuleBasedStateMachine):
         self.present: set[str] = set()
         self.grace_until: dict[str, float] = {}  # present users with no live client
         self.keepalive_due: dict[str, float] = {}  # present users
-        self.ghosts: set[str] = set()  # see GHOST_KEEPALIVES
         # de-dupe: (user, id) -> None while in flight, else (ack, expires); in expiry order
         self.commands: dict[tuple[str, str], tuple[dict[str, Any], float] | None] = {}
         self.acks = 0
@@ -171,7 +162,6 @@ class HubLife(RuleBasedStateMachine):
             assert attached.presence is None
         else:
             self.present.add(user)
-            self.ghosts.discard(user)
             if self.SETTINGS.keepalive is not None:
                 self.keepalive_due[user] = self.now + self.SETTINGS.keepalive
             self.presence_entry(attached.presence)
@@ -225,6 +215,7 @@ class HubLife(RuleBasedStateMachine):
         assert set(tick.left) == gone and len(tick.left) == len(gone)
         deadlines = [self.grace_until[u] for u in tick.left]
         assert deadlines == sorted(deadlines)
+        ended = {u: self.grace_until[u] for u in gone}
         for user in gone:
             del self.grace_until[user]
             self.present.discard(user)
@@ -234,19 +225,21 @@ class HubLife(RuleBasedStateMachine):
         assert len(tick.keepalive) == len(set(tick.keepalive))
         assert interval is not None or tick.keepalive == []
         for user in tick.keepalive:
-            if user in before:
-                assert self.keepalive_due[user] <= self.now
-            else:
-                assert GHOST_KEEPALIVES and user in self.ghosts, user
+            # never to a user who was not present when it fell due
+            assert user in before, user
+            assert self.keepalive_due[user] <= self.now
+            assert user not in ended or self.keepalive_due[user] <= ended[user], user
         for user in before - gone:
             due = user in self.keepalive_due and self.keepalive_due[user] <= self.now
             assert (user in tick.keepalive) is due, (user, self.keepalive_due.get(user), self.now)
+        for user, grace_end in ended.items():  # gone in this tick: sent iff due before
+            due = self.keepalive_due.get(user)
+            if due is not None and due != grace_end:  # (a tie: whichever was scheduled first)
+                assert (user in tick.keepalive) is (due < grace_end), (user, due, grace_end)
         for user in before & set(tick.keepalive):
             assert interval is not None
             self.keepalive_due[user] = self.now + interval
         for user in gone:
-            if user in tick.keepalive:
-                self.ghosts.add(user)  # perhaps (it depends on the order of the timers)
             self.keepalive_due.pop(user, None)
 
         if gone:
@@ -330,11 +323,9 @@ class HubLife(RuleBasedStateMachine):
         pending = [*self.grace_until.values(), *self.keepalive_due.values()]
         deadline = self.hub.next_deadline()
         if not pending:
-            assert deadline is None or (GHOST_KEEPALIVES and self.ghosts)
+            assert deadline is None
         else:
-            assert deadline is not None and deadline <= min(pending)
-            if not (GHOST_KEEPALIVES and self.ghosts):
-                assert deadline == min(pending)
+            assert deadline == min(pending)
 
     @invariant()
     def dedupe(self) -> None:
@@ -367,7 +358,6 @@ TestHubLifeWithoutKeepalive.settings = settings(
 )
 
 
-@pytest.mark.xfail(strict=True, reason="the ghost keep-alive of GHOST_KEEPALIVES")
 def test_a_user_gone_by_grace_gets_no_more_keepalives():
     hub = SessionHub("s1", "E", HubLife.SETTINGS)  # grace 5, keep-alive 3
     hub.attach("a1", "u1", None, None, 0.0)

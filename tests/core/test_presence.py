@@ -1,5 +1,3 @@
-import pytest
-
 from bridge.core.presence import Due, Presence
 
 
@@ -159,14 +157,10 @@ def test_online_is_sorted_and_leaves_come_in_deadline_order():
     assert p.online() == []
 
 
-GHOST_KEEPALIVE = (
-    "bug: tick pops every due timer first, so when a user's grace ends before (or with, "
-    "scheduled earlier) their keep-alive in one tick, leave() cannot cancel it: the "
-    "keep-alive is sent and rescheduled for a user who is gone, every interval, until they return"
-)
+# tick pops every due timer first: a user whose grace ends in the same tick as their
+# keep-alive (before it, or with it but scheduled earlier) used to keep getting it
 
 
-@pytest.mark.xfail(strict=True, reason=GHOST_KEEPALIVE)
 def test_no_keepalive_for_a_user_whose_grace_ended_in_the_same_tick():
     p = Presence(grace=5.0, keepalive=10.0)
     p.connect("c1", "u1", 0.0)  # keep-alive at 10
@@ -176,7 +170,6 @@ def test_no_keepalive_for_a_user_whose_grace_ended_in_the_same_tick():
     assert p.tick(22.0) == Due([], [])
 
 
-@pytest.mark.xfail(strict=True, reason=GHOST_KEEPALIVE)
 def test_no_keepalive_after_a_grace_that_ends_with_the_keepalive():
     p = Presence(grace=5.0, keepalive=3.0)
     p.connect("c1", "u1", 0.0)  # keep-alive at 3
