@@ -39,10 +39,14 @@ lint: $(STAMP)
 	$(VENV)/bin/lint-imports --no-cache
 
 # Every test, with branch coverage; bridge/core and bridge/protocol must stay at 100 %.
+# Then a short smoke of each benchmark, the mutation gate on core and protocol, and
+# the tests on the lowest dependency versions pyproject.toml admits.
 test: $(STAMP) system-deps
 	$(PY) -m pytest --cov=bridge --cov-report= $(PYTEST_ARGS)
 	$(PY) -m coverage report --include='bridge/core/*,bridge/protocol/*' --fail-under=100
 	$(MAKE) bench-smoke
+	$(MAKE) mutation
+	$(MAKE) test-min
 
 # Mutation testing of bridge/core and bridge/protocol (config: [tool.mutmut] in
 # pyproject.toml; about two minutes on two cores). Always a fresh run: mutmut keeps
