@@ -33,10 +33,15 @@ class Connection(Protocol):
     closed: bool
     #: when the next ``ping`` is due (heartbeats.py keeps it)
     next_ping: float
-    #: the connection's own tasks (its command worker, its writer): they end with it
-    tasks: TaskOwner
-    #: commands received and not yet answered, in order (commands.py forwards them)
-    inbox: list[Command]
+
+    @property
+    def tasks(self) -> TaskOwner:
+        """The connection's own tasks (its command worker, its writer): they end with it."""
+
+    @property
+    def inbox(self) -> list[Command]:
+        """Commands received and not yet answered, in order (commands.py forwards them)."""
+
     #: The bridge sends ``ping`` on this transport every heartbeat interval.
     sends_pings: bool
     #: Nothing received for heartbeat.timeout ends this transport.

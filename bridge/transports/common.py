@@ -108,11 +108,14 @@ def client_ip(request: web.Request, trusted: tuple[str, ...] = ()) -> str:
 
 class ClientConnection:
     """What every transport's connection holds: the fields of the runtime's
-    Connection protocol. Subclasses add how they write (and their own slots)."""
+    Connection protocol. Subclasses add how they write (and their own slots).
+
+    Its task owner and its inbox are made when first needed: an idle connection
+    (most of them) costs neither."""
 
     __slots__ = (
         "client_id", "session_id", "user_id", "params", "headers", "last_rx", "busy",
-        "closed", "close_reason", "next_ping", "tasks", "inbox",
+        "closed", "close_reason", "next_ping", "_tasks", "_inbox", "_count",
     )  # fmt: skip
 
     def __init__(
@@ -129,8 +132,25 @@ class ClientConnection:
         self.closed = False
         self.close_reason = close_reason
         self.next_ping = now
-        self.tasks = TaskOwner("connection", count=count)
-        self.inbox: list[Command] = []
+        self._tasks: TaskOwner | None = None
+        self._inbox: list[Command] | None = None
+        self._count = count
+
+    @property
+    def tasks(self) -> TaskOwner:
+        """The connection's own tasks (its command worker, its writer, its close)."""
+        tasks = self._tasks
+        if tasks is None:
+            tasks = self._tasks = TaskOwner("connection", count=self._count)
+        return tasks
+
+    @property
+    def inbox(self) -> list[Command]:
+        """Commands read and not yet answered, in order (runtime/commands.py)."""
+        inbox = self._inbox
+        if inbox is None:
+            inbox = self._inbox = []
+        return inbox
 
 
 class SendQueue:
