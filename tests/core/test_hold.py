@@ -57,3 +57,12 @@ def test_a_mirror_hub_holds_without_an_entry():
     hub = SessionHub("s", "e1", HubSettings(grace=1.0, keepalive=None, mirror=True))
     assert hub.hold("u1", 0.0) is None
     assert hub.presence.is_present("u1")
+
+
+def test_an_explicit_leave_of_a_held_user_cancels_both_timers():
+    p = Presence(grace=5.0, keepalive=1.0)
+    p.hold("u1", 0.0)
+    assert p.next_deadline() == 1.0  # keep-alive, then the grace at 5
+    assert p.leave("u1") is True
+    assert p.next_deadline() is None
+    assert p.tick(10.0).left == [] and p.tick(10.0).keepalive == []

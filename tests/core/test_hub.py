@@ -81,3 +81,42 @@ def test_a_mirror_hub_appends_no_presence_of_its_own():
     h.replace_log(other)
     assert h.log is other and h.epoch == "F" and log is not other
     assert h.state({"v": 1}, 4.0) is not None  # the new log has no state yet
+
+
+# -- exact values: the digest (shared through Redis between instances), rejoin
+
+
+def test_state_digest_is_blake2b_128_of_compact_key_sorted_json():
+    import hashlib
+
+    payload = {"b": [1, {"c": None}], "a": "é"}
+    text = '{"a":"\\u00e9","b":[1,{"c":null}]}'
+    digest = state_digest(payload)
+    assert digest == hashlib.blake2b(text.encode("ascii"), digest_size=16).digest()
+    assert len(digest) == 16
+    assert digest.hex() == "ea9c8c5950639f92d5ba057f5ecae57b"
+
+
+def test_state_digest_takes_a_value_json_cannot_encode_as_its_str():
+    from decimal import Decimal
+
+    assert state_digest({"v": Decimal("1.50")}) == state_digest({"v": "1.50"})
+    assert state_digest([b"x"]) == state_digest(["b'x'"])
+
+
+def test_the_hub_keeps_its_session_id():
+    assert hub().session_id == "s1"
+    assert SessionHub("other", "E", HubSettings()).session_id == "other"
+
+
+def test_rejoin_after_an_explicit_leave_joins_again_with_a_fresh_keepalive():
+    h = hub(grace=5.0, keepalive=2.0)
+    h.attach("c1", "u1", None, None, 0.0)
+    assert h.leave("u1", 1.0).message["payload"] == {"online": []}
+    assert h.next_deadline() is None
+    entry = h.rejoin("c1", "u1", 3.0)
+    assert entry.message == {"type": "presence", "seq": 3, "payload": {"online": ["u1"]}}
+    assert h.next_deadline() == 5.0  # keep-alive from the rejoin
+    assert h.rejoin("c1", "u1", 4.0) is None  # already present: nothing to announce
+    tick = h.tick(5.0)
+    assert tick.keepalive == ["u1"] and tick.left == [] and tick.presence is None

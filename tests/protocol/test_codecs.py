@@ -148,3 +148,47 @@ def test_json_data_is_always_one_sse_line(text):
 
     out = event("session", JSON.encode({"v": text}), 1)
     assert out.count(b"\n") == 4  # event, id, data, blank line: no newline inside the data
+
+
+@pytest.mark.parametrize(
+    ("value", "codec"),
+    [
+        ("application/vnd.msgpack", MSGPACK),
+        (" Application/X-MsgPack ; q=1", MSGPACK),
+        ("text/json", JSON),
+        ("application/*", JSON),
+        ("APPLICATION/JSON", JSON),
+        ("application/json; charset=utf-8; q=0.9", JSON),  # the type is before the first ";"
+        ("application/msgpack;a=1;b=2", MSGPACK),
+        ("text/*", None),
+        ("application/json-seq", None),
+    ],
+)
+def test_codec_for_media_type_every_name(value, codec):
+    from bridge.protocol.codecs import codec_for_media_type
+
+    assert codec_for_media_type(value) is codec
+
+
+def test_decode_batch_refuses_what_the_message_decoders_refuse():
+    from bridge.protocol.codecs import decode_batch
+
+    # map keys must be strings (strict_map_key), in a batch as in one message
+    assert decode_batch(MSGPACK, msgpack.packb({1: 2})) == BadMessage("not valid msgpack")
+    assert decode_batch(MSGPACK, msgpack.packb([{"a": 1}, {1: 2}])) == BadMessage(
+        "not valid msgpack"
+    )
+    # JSON bodies are UTF-8 (RFC 8259 §8.1): not UTF-16, no BOM, no encoded surrogate
+    utf16 = '{"type":"a"}'.encode("utf-16")
+    assert decode_batch(JSON, utf16) == BadMessage("not valid UTF-8")
+    assert JSON.decode(utf16) == BadMessage("not valid UTF-8")
+    assert decode_batch(JSON, b"\xef\xbb\xbf{}") == BadMessage("not valid JSON")
+    assert decode_batch(JSON, b'"\xed\xa0\x80"') == BadMessage("not valid UTF-8")
+    assert decode_batch(JSON, '[{"v":"☕"}]'.encode()) == [{"v": "☕"}]
+
+
+def test_msgpack_uses_the_str8_and_bin_formats():
+    # use_bin_type: strings of 32-255 bytes as str 8 (0xd9), bytes as bin (0xc4)
+    assert MSGPACK.encode({"s": "x" * 32}) == b"\x81\xa1s\xd9\x20" + b"x" * 32
+    assert MSGPACK.encode({"b": b"\x01"}) == b"\x81\xa1b\xc4\x01\x01"
+    assert MSGPACK.decode(MSGPACK.encode({"b": b"\x01"})) == {"b": b"\x01"}

@@ -32,7 +32,8 @@ def test_malformed_weights(params):
         ("*", True), ("*;q=0", False), ("gzip;q=0, *", False), ("*, gzip;q=0", False),
         ("identity", False), ("br;q=1, *;q=0.1", True), ("", False), (None, False),
         ("gzip;q=high", False), ("*;q=x", False), ("deflate, gzip;q=oops, *", False),
-        ("x-gzip", False),
+        ("x-gzip", False), ("br,gzip", True), ("gzip;q=0.5,br", True), ("br;q=0,*", True),
+        ("br,gzip;q=0", False),
     ],
 )  # fmt: skip
 def test_accepts_coding(header, ok):

@@ -125,3 +125,10 @@ def test_a_message_no_codec_can_carry_is_refused_with_its_id(bad):
     assert n(raw) == BadMessage(f"cannot carry this message: {why}", id="c")
     flat = {"type": "vote", "v": bad}
     assert n(flat) == BadMessage(f"cannot carry this message: {problem(flat)}")
+
+
+def test_an_id_no_codec_can_carry_is_refused_and_not_echoed():
+    assert n({"type": "vote", "id": "\ud800"}) == BadMessage(
+        "'id' must be a string of 1-64 characters"
+    )
+    assert n({"type": "", "id": "c\udfff"}) == BadMessage("'type' must be a non-empty string")

@@ -94,3 +94,11 @@ json_values = st.recursive(scalars, containers, max_leaves=30)
 def test_what_it_accepts_both_codecs_encode_and_decode_alike(value):
     assert problem(value) is None
     assert JSON.decode(JSON.encode({"v": value})) == MSGPACK.decode(MSGPACK.encode({"v": value}))
+
+
+@pytest.mark.parametrize("ok", ["x", None, True, 7, 1.5])
+def test_a_good_scalar_does_not_end_the_check(ok):
+    # the stack is last in, first out: ``ok`` is looked at first, then the bad value
+    assert problem([math.inf, ok]) == "a number is not finite (NaN or infinity)"
+    assert problem({"a": "\ud800", "b": ok}) == "a string is not valid Unicode (a lone surrogate)"
+    assert problem([[object()], ok, ok]) == "a value of type object is not allowed"
