@@ -6,7 +6,9 @@ Rules (one table):
 state      on failure that is evidence        on success / time / release
 ========== ================================== ==================================
 closed     ``failures`` in a row → open       success: forget the run
-open       —                                  after ``recovery`` → half_open
+open       (a request sent before it opened)  after ``recovery`` → half_open
+           the run is still evidence:
+           ``recovery`` starts again
 half_open  → open (recovery again)            success → closed; a released or
                                               overdue trial frees the slot
 ========== ================================== ==================================
@@ -117,7 +119,6 @@ class CircuitBreaker:
         self._failures = 0
         self._unscoped = False
         self._scopes.clear()
-        self._trial = 0
         if scope is not None:
             self._good[scope] = None
             self._good.move_to_end(scope)
@@ -135,10 +136,9 @@ class CircuitBreaker:
         self._failures += 1
         if scope is None:
             self._unscoped = True
-        elif len(self._scopes) < self.threshold:  # only whether that many were seen matters
+        else:  # a session that worked (so at most KNOWN_GOOD of them)
             self._scopes.add(scope)
         evidence = self._unscoped or len(self._scopes) >= self.threshold
         if self._state == "half_open" or (evidence and self._failures >= self.threshold):
             self._state = "open"
-            self._opened_at = now
-            self._trial = 0
+            self._opened_at = now  # (the trial slot is reset when half_open begins)

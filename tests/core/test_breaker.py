@@ -387,13 +387,8 @@ def test_a_trial_failing_for_a_session_that_worked_reopens_after_a_raised_thresh
     assert b.state(10.0) == "open" and b.retry_in(10.0) == 10.0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: the run's different sessions are counted only up to the threshold of the "
-    "time (failure() stops adding at len == threshold), so once a reload raises the "
-    "threshold, sessions past the old one are forgotten: a run of s1, s2, s3 is not "
-    "evidence for failures=3",
-)
+# the run's sessions used to be counted only up to the threshold of the time: after a
+# reload raised it, a run of s1, s2, s3 was not evidence for failures=3
 def test_a_raised_threshold_counts_every_session_of_the_run():
     b = CircuitBreaker(failures=2, recovery=10.0)
     worked(b, "s1", "s2", "s3")
