@@ -52,6 +52,8 @@ class Bridge:
         self._cfg = cfg
         self.upstream = upstream
         self.metrics = metrics
+        # one bound method for every owner (a connection keeps a reference to it)
+        self.count_task_error: Callable[[str], None] = self._count_task_error
         self.tasks = TaskOwner("bridge", count=self.count_task_error)
         self.ticker = Ticker()
         self.ticker.on("flush", self._flush_held)
@@ -73,7 +75,7 @@ class Bridge:
         self.admitter = Admitter(cfg, self.registry, self.backplane, self.membership, self.poller)
         events.bind(self.registry, self.fanout, self.poller, self.membership)
 
-    def count_task_error(self, owner: str) -> None:
+    def _count_task_error(self, owner: str) -> None:
         """Counts a task's exception (the tasks' owners call it; see bridge/tasks.py)."""
         self.metrics.task_errors.labels(owner).inc()
 

@@ -114,7 +114,6 @@ async def events_handler(request: web.Request) -> web.StreamResponse:
     admitted = await admit(request, "sse", last_seq_header=request.headers.get("Last-Event-ID"))
     if isinstance(admitted, Refusal):
         return refusal_response(admitted, bridge.cfg.reconnect.initial)
-    req = admitted.req
     resp = EventSourceResponse(
         ping_interval=NO_LIBRARY_PINGS,
         sep="\n",
@@ -124,11 +123,12 @@ async def events_handler(request: web.Request) -> web.StreamResponse:
         await resp.prepare(request)
         conn = SSEConnection(bridge, admitted.who, time.monotonic())
         admitted.attach(conn)
+    del admitted  # attached: the connection holds what it needs (not kept for its lifetime)
     bridge.watch(conn)
     try:
         await conn.run(resp)
     except Exception:
-        log.exception("SSE stream of session %s failed", req.session_id)
+        log.exception("SSE stream of session %s failed", conn.session_id)
         conn.close_reason = "internal_error"
     finally:
         conn.closed = True

@@ -212,6 +212,7 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
         codec = SUBPROTOCOLS.get(ws.ws_protocol or "", JSON)
         conn = WebSocketConnection(ws, request, bridge, admitted.who, codec, time.monotonic())
         admitted.attach(conn)
+    del admitted  # attached: the connection holds what it needs (not kept for its lifetime)
     bridge.watch(conn)
     try:
         # Reading never waits for work: commands go to the connection's worker
@@ -233,7 +234,7 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
                 conn.close_reason = "protocol_error"
     except Exception:
         log.exception(
-            "closing a connection of session %s after an internal error", admitted.req.session_id
+            "closing a connection of session %s after an internal error", conn.session_id
         )
         conn.close_reason = "internal_error"
         conn.closed = True
