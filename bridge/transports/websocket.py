@@ -233,9 +233,7 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
             elif msg.type is WSMsgType.ERROR:
                 conn.close_reason = "protocol_error"
     except Exception:
-        log.exception(
-            "closing a connection of session %s after an internal error", conn.session_id
-        )
+        log.exception("closing a connection of session %s after an internal error", conn.session_id)
         conn.close_reason = "internal_error"
         conn.closed = True
         with contextlib.suppress(ConnectionError, RuntimeError):
