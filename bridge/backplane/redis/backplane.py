@@ -210,6 +210,12 @@ class RedisBackplane:
         else:
             self._down_since = time.monotonic()
             log.warning("redis backplane unreachable: %s; serving from memory", why)
+            # the pool's idle connections are to a Redis that is gone: each would fail
+            # once after it returns (not every redis-py retries that), so drop them
+            self._fire(
+                self.redis.connection_pool.disconnect(inuse_connections=False),
+                "dropping stale redis connections",
+            )
         # Down: every instance polls the sessions of its own clients (nobody can know
         # the lease holder). Up again: only the holders do.
         for f in list(self.followers.values()):
