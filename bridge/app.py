@@ -50,7 +50,7 @@ async def _runtime_ctx(app: web.Application) -> AsyncIterator[None]:
     cfg = app[CONFIG]
     connector = aiohttp.TCPConnector(limit=100, limit_per_host=100)
     async with aiohttp.ClientSession(connector=connector) as http:
-        upstream = UpstreamClient(cfg.upstream, http, app[METRICS])
+        upstream = UpstreamClient(cfg.upstream, http, app[METRICS], cfg.base_dir)
         bridge = Bridge(cfg, upstream, app[METRICS])
         app[BRIDGE] = bridge
         bridge.start()

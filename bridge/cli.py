@@ -1,4 +1,4 @@
-"""``session-bridge``: run | demo | check-config | schema.
+"""``session-bridge``: run | demo | client | check-config [--probe] | schema.
 
 (The console script is not called ``bridge``: that is iproute2's command.)
 """
@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import os
 import sys
 from pathlib import Path
@@ -49,8 +50,33 @@ def _parser() -> argparse.ArgumentParser:
     client.add_argument("--transports", default="websocket,sse,poll",
                         help="fallback order (default websocket,sse,poll)")  # fmt: skip
     client.add_argument("--codec", choices=("json", "msgpack"), default="json")
-    check = sub.add_parser("check-config", help="validate a YAML config; exit 1 with the problems")
+    check = sub.add_parser(
+        "check-config",
+        help="validate a YAML config; exit 1 with the problems (--probe: try it on the app)",
+        description="Validates the config and says which demo routes are in effect. With "
+        "--probe it also calls the running app as the bridge would: the join (with --user; a "
+        "real join), the state route, and prints the decoded state, the captures and what "
+        "would be refused and why.",
+    )
     check.add_argument("file")
+    check.add_argument("--probe", action="store_true", help="call the app (needs --session)")
+    check.add_argument("--session", "-s", help="the sessionId to probe")
+    check.add_argument("--user", "-u", help="join as this userId first (a real join)")
+    check.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a connect parameter of that user, e.g. name=Alice (repeatable)",
+    )
+    check.add_argument(
+        "--header",
+        action="append",
+        default=[],
+        metavar="NAME: VALUE",
+        help="a header the user's browser would send (forward_headers)",
+    )
+    check.add_argument("--leave", action="store_true", help="send the user's leave at the end")
     schema = sub.add_parser("schema", help="print the JSON Schema of the config file")
     schema.add_argument("--output", "-o", help="write it to this file instead")
     return p
@@ -95,6 +121,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"session-bridge: {args.config}: {exc}", file=sys.stderr)
         return 1
     setup_logging(cfg.logging)
+    for note in cfg.notes:
+        logging.getLogger("bridge").warning("%s", note)
     _raise_open_files(cfg.limits.max_connections)
     app = make_app(cfg, reload_from=ReloadSource(args.config, overrides))
     try:
@@ -277,8 +305,27 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"{args.file}: {exc}", file=sys.stderr)
         return 1
-    print(f"{args.file}: ok (upstream {cfg.upstream.url}, {len(cfg.upstream.commands)} commands)")
-    return 0
+    n = len(cfg.upstream.commands)
+    print(f"{args.file}: ok (upstream {cfg.upstream.url}, {n} command{'' if n == 1 else 's'})")
+    if not args.probe:
+        for note in cfg.notes:
+            print(f"note: {note}")
+        return 0
+    if not args.session:
+        print("session-bridge: --probe needs --session", file=sys.stderr)
+        return 2
+    params = dict(p.partition("=")[::2] for p in args.param)
+    headers = {}
+    for h in args.header:
+        name, _, value = h.partition(":")
+        if name.strip().lower() in cfg.upstream.forward_headers:
+            headers[name.strip()] = value.strip()
+        else:
+            print(f"note: --header {name.strip()} is not in upstream.forward_headers: not sent")
+    from .probe import Probe
+
+    return asyncio.run(Probe(cfg, sys.stdout).run(args.session, args.user, params, headers,
+                                                  args.leave))  # fmt: skip
 
 
 def cmd_schema(args: argparse.Namespace) -> int:

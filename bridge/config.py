@@ -120,27 +120,74 @@ class Breaker:
 
 
 @dataclass(frozen=True)
-class Route:
-    path: str
-    method: HTTPMethod = "POST"
-    json: JSONTemplate = None
-    idempotent: bool = False
+class Capture:
+    """Values taken from a 2xx answer (dotted paths; digits pick list items) into
+    the user's context (``{user.NAME}``) or the session's (``{session.NAME}``)."""
+
+    user: Mapping[str, str] = field(default_factory=lambda: types.MappingProxyType({}))
+    session: Mapping[str, str] = field(default_factory=lambda: types.MappingProxyType({}))
+
+
+def _no_fields() -> Mapping[str, str]:
+    return types.MappingProxyType({})
 
 
 @dataclass(frozen=True)
-class Keepalive:
+class Route:
+    """One request the bridge makes (docs/configuration.md, "Routes")."""
+
     path: str
     method: HTTPMethod = "POST"
+    #: appended to the path, percent-encoded; a lone missing ``{x?}`` leaves the key out
+    query: Mapping[str, str] = field(default_factory=_no_fields)
+    #: sent with this request (over ``upstream.headers``)
+    headers: Mapping[str, str] = field(default_factory=_no_fields)
     json: JSONTemplate = None
+    #: an application/x-www-form-urlencoded body instead of ``json``
+    form: Mapping[str, str] | None = None
+    idempotent: bool = False
+    capture: Capture | None = None
+    #: a dotted path into the decoded 2xx answer; truthy there = upstream_rejected
+    reject_when: str | None = None
+    #: MODULE:FUNCTION decoding the answer (f(status, headers, body) -> value)
+    decode: str | None = None
+
+    @property
+    def uses_answer(self) -> bool:
+        return self.capture is not None or self.reject_when is not None
+
+
+@dataclass(frozen=True)
+class Keepalive(Route):
     every: PositiveDuration = 10.0
 
 
 @dataclass(frozen=True)
-class StateRoute:
+class StatePart(Route):
+    """One of several GETs whose answers make one state (``upstream.state.parts``)."""
+
+    method: HTTPMethod = "GET"
+    select: str | None = None
+
+    @property
+    def uses_answer(self) -> bool:
+        return True
+
+
+@dataclass(frozen=True)
+class StateRoute(Route):
     path: str = "/api/sessions/{sessionId}"
     method: HTTPMethod = "GET"
     every: PositiveDuration = 1.0
     select: str | None = None
+    #: ``present_user``: rendered with the context of one present user of the session
+    as_: Literal["none", "present_user"] = field(default="none", metadata={"key": "as"})
+    #: several routes whose answers make one state ``{part: answer}`` (instead of ``path``)
+    parts: Mapping[str, StatePart] | None = None
+
+    @property
+    def uses_answer(self) -> bool:
+        return True
 
 
 @dataclass(frozen=True)
@@ -194,6 +241,12 @@ class Upstream:
     push: Push | None = None
     #: how long a command waits while the breaker is open before upstream_unavailable
     hold: Duration = 15.0
+    #: sent on every request to the app (a route's own headers win)
+    headers: Mapping[str, str] = field(default_factory=_no_fields)
+    #: commands (join and leave included) of one session at the app at once
+    session_concurrency: Count = 1
+    #: the most of an answer the bridge reads (a longer one is a failure)
+    max_response: PositiveSize = 8 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -326,6 +379,10 @@ class Config:
     shutdown: Shutdown = field(default_factory=Shutdown)
     backplane: Backplane = field(default_factory=Backplane)
     logging: Logging = field(default_factory=Logging)
+    #: the folder of the config file (decode hooks are looked up there first)
+    base_dir: str | None = field(default=None, metadata={"internal": True})
+    #: what an operator should know about this config (demo routes in effect)
+    notes: tuple[str, ...] = field(default=(), metadata={"internal": True})
 
     def replace(self, **changes: Any) -> Config:
         return dataclasses.replace(self, **changes)
@@ -519,18 +576,27 @@ def _convert(tp: Any, value: Any, path: str, problems: list[str]) -> Any:
     raise TypeError(f"unsupported config type {tp!r} at {path}")  # pragma: no cover
 
 
+def _key(f: dataclasses.Field[Any]) -> str:
+    """A field's key in the YAML (``as_`` is written ``as``)."""
+    key = f.metadata.get("key", f.name)
+    assert isinstance(key, str)
+    return key
+
+
 def _build(cls: type[Any], data: Mapping[str, Any], path: str, problems: list[str]) -> Any:
     hints = typing.get_type_hints(cls, include_extras=True)
-    names = {f.name for f in dataclasses.fields(cls)}
+    fields = [f for f in dataclasses.fields(cls) if not f.metadata.get("internal")]
+    names = {_key(f) for f in fields}
     for key in data:
         if key not in names:
             where = f"{path}.{key}" if path else str(key)
             problems.append(f"{where}: unknown key (allowed: {', '.join(sorted(names))})")
     kwargs: dict[str, Any] = {}
-    for f in dataclasses.fields(cls):
-        where = f"{path}.{f.name}" if path else f.name
-        if f.name in data:
-            kwargs[f.name] = _convert(hints[f.name], data[f.name], where, problems)
+    for f in fields:
+        key = _key(f)
+        where = f"{path}.{key}" if path else key
+        if key in data:
+            kwargs[f.name] = _convert(hints[f.name], data[key], where, problems)
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             problems.append(f"{where}: required key is missing")
     try:
@@ -539,9 +605,63 @@ def _build(cls: type[Any], data: Mapping[str, Any], path: str, problems: list[st
         return None
 
 
-def _check_semantics(cfg: Config, problems: list[str]) -> None:
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+
+
+def _check_header(where: str, name: str, value: str, problems: list[str]) -> None:
     from .exceptions import TemplateError
     from .upstream.templates import compile_template
+
+    if not _TOKEN.fullmatch(name):
+        problems.append(f"{where}: {name!r} is not a valid header name")
+    if re.search(r"[\r\n\x00]", value):
+        problems.append(f"{where}: a header value cannot hold CR, LF or NUL")
+    try:
+        compile_template(value)
+    except TemplateError as exc:
+        problems.append(f"{where}: {exc}")
+
+
+def _check_route(where: str, route: Route, base_dir: str | None, problems: list[str]) -> None:
+    from .exceptions import TemplateError
+    from .upstream import hooks
+    from .upstream.templates import compile_template
+
+    if not route.path.startswith("/"):
+        problems.append(f"{where}.path: must start with '/', got {route.path!r}")
+    if "?" in route.path.split("{")[0] or "#" in route.path:
+        problems.append(f"{where}.path: put query values under {where}.query")
+    for key in ("path", "json", "form", "query"):
+        try:
+            compile_template(dict(value) if isinstance(value := getattr(route, key), Mapping)
+                             else value)  # fmt: skip
+        except TemplateError as exc:
+            problems.append(f"{where}.{key}: {exc}")
+    for name, value in route.headers.items():
+        _check_header(f"{where}.headers.{name}", name, value, problems)
+    if route.form is not None and route.json is not None:
+        problems.append(f"{where}: give json or form, not both")
+    if route.form is not None and route.method == "GET":
+        problems.append(f"{where}.form: a GET has no body")
+    if route.capture is not None:
+        for scope in ("user", "session"):
+            for name, dotted in getattr(route.capture, scope).items():
+                if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+                    problems.append(f"{where}.capture.{scope}.{name}: a name is [A-Za-z0-9_]")
+                if not dotted or any(not p for p in dotted.split(".")):
+                    problems.append(
+                        f"{where}.capture.{scope}.{name}: expected a dotted path, got {dotted!r}"
+                    )
+    if route.reject_when is not None and any(not p for p in route.reject_when.split(".")):
+        problems.append(f"{where}.reject_when: expected a dotted path, got {route.reject_when!r}")
+    if route.decode is not None:
+        try:
+            hooks.resolve(route.decode, base_dir)
+        except hooks.HookNotFound as exc:
+            problems.append(f"{where}.decode: {exc}")
+
+
+def _check_semantics(cfg: Config, problems: list[str]) -> None:
 
     url = cfg.upstream.url
     if not re.match(r"^https?://[^/\s]+", url):
@@ -549,20 +669,31 @@ def _check_semantics(cfg: Config, problems: list[str]) -> None:
     for name, value in dataclasses.asdict(cfg.paths).items():
         if not value.startswith("/"):
             problems.append(f"paths.{name}: must start with '/', got {value!r}")
-    routes: dict[str, Any] = {f"upstream.commands.{k}": v for k, v in cfg.upstream.commands.items()}
-    routes["upstream.state"] = cfg.upstream.state
+    state = cfg.upstream.state
+    routes: dict[str, Route] = {
+        f"upstream.commands.{k}": v for k, v in cfg.upstream.commands.items()
+    }
+    if state.parts is not None:
+        if not state.parts:
+            problems.append("upstream.state.parts: name at least one part")
+        if state.path != StateRoute.path or state.query or state.json is not None:
+            problems.append(
+                "upstream.state: give either path (with query, json …) or parts, not both"
+            )
+        for name, part in state.parts.items():
+            routes[f"upstream.state.parts.{name}"] = part
+    else:
+        routes["upstream.state"] = state
     if cfg.upstream.keepalive is not None:
         routes["upstream.keepalive"] = cfg.upstream.keepalive
+    for key, value in cfg.upstream.headers.items():
+        _check_header(f"upstream.headers.{key}", key, value, problems)
     for where, route in routes.items():
-        if route is None:
-            continue
-        if not route.path.startswith("/"):
-            problems.append(f"{where}.path: must start with '/', got {route.path!r}")
-        for key in ("path", "json"):
-            try:
-                compile_template(getattr(route, key, None))
-            except TemplateError as exc:
-                problems.append(f"{where}.{key}: {exc}")
+        _check_route(where, route, cfg.base_dir, problems)
+        if where.startswith("upstream.state") and route.capture and route.capture.user:
+            problems.append(
+                f"{where}.capture.user: a state answer is the session's; capture into session"
+            )
     for name in cfg.upstream.commands:
         if name in ("heartbeat", "pong", "ping"):
             problems.append(
@@ -603,8 +734,42 @@ def _check_semantics(cfg: Config, problems: list[str]) -> None:
                     )
 
 
-def config_from_dict(data: Any, env: Mapping[str, str] | None = None) -> Config:
-    """Validate a parsed YAML document. Raises ConfigError listing every problem."""
+def demo_routes_in_effect(data: Mapping[str, Any]) -> list[str]:
+    """Which of the demo app's routes a config gets without writing them (the
+    defaults of ``upstream.commands``, ``keepalive`` and ``state``), said plainly."""
+    upstream = data.get("upstream")
+    given = set(upstream) if isinstance(upstream, dict) else set()
+    mapped = given & {"commands", "keepalive", "state"}
+    if not mapped:
+        return [
+            "upstream: no route map is given, so the demo app's is in effect (commands "
+            "join, vote, reveal, reset and leave under /api/sessions/{sessionId}, keepalive "
+            "POST /api/sessions/{sessionId}/heartbeat, state GET /api/sessions/{sessionId})"
+        ]
+    notes = []
+    if "commands" not in given:
+        notes.append(
+            "upstream.commands: not given, so the demo app's join, vote, reveal, reset and "
+            "leave (under /api/sessions/{sessionId}) are in effect"
+        )
+    if "keepalive" not in given:
+        notes.append(
+            "upstream.keepalive: not given, so the demo app's POST "
+            "/api/sessions/{sessionId}/heartbeat is in effect (write `keepalive: null` for none)"
+        )
+    if "state" not in given:
+        notes.append(
+            "upstream.state: not given, so the demo app's GET /api/sessions/{sessionId} "
+            "is in effect"
+        )
+    return notes
+
+
+def config_from_dict(
+    data: Any, env: Mapping[str, str] | None = None, base_dir: str | Path | None = None
+) -> Config:
+    """Validate a parsed YAML document. Raises ConfigError listing every problem.
+    ``base_dir``: the config file's folder (decode hooks are looked up there first)."""
     problems: list[str] = []
     if data is None:
         data = {}
@@ -612,6 +777,12 @@ def config_from_dict(data: Any, env: Mapping[str, str] | None = None) -> Config:
         raise ConfigError([f"<root>: expected a mapping of sections, got {_describe(data)}"])
     data = _substitute_env(data, "", os.environ if env is None else env, problems)
     cfg = _build(Config, data, "", problems)
+    if cfg is not None:
+        cfg = dataclasses.replace(
+            cfg,
+            base_dir=None if base_dir is None else str(base_dir),
+            notes=tuple(demo_routes_in_effect(data)),
+        )
     if cfg is not None and not problems:
         _check_semantics(cfg, problems)
     if problems:
@@ -631,7 +802,7 @@ def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Confi
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError([f"{p}: not valid YAML: {exc}"]) from None
-    return config_from_dict(data, env)
+    return config_from_dict(data, env, base_dir=p.resolve().parent)
 
 
 # --------------------------------------------------------------------------- JSON Schema
@@ -664,10 +835,11 @@ def _schema_for(tp: Any) -> dict[str, Any]:
         }
     elif dataclasses.is_dataclass(tp) and isinstance(tp, type):
         hints = typing.get_type_hints(tp, include_extras=True)
-        props = {f.name: _schema_for(hints[f.name]) for f in dataclasses.fields(tp)}
+        fields = [f for f in dataclasses.fields(tp) if not f.metadata.get("internal")]
+        props = {_key(f): _schema_for(hints[f.name]) for f in fields}
         required = [
-            f.name
-            for f in dataclasses.fields(tp)
+            _key(f)
+            for f in fields
             if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
         ]
         schema = {"type": "object", "properties": props, "additionalProperties": False}

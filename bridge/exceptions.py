@@ -5,7 +5,9 @@
     BridgeError
     ├── ConfigError(BridgeError, ValueError)     the YAML is wrong; names the key path
     ├── TemplateError(BridgeError, ValueError)   a route template is wrong (a ConfigError problem)
-    ├── MissingValue(BridgeError, KeyError)      a placeholder has no value (ack bad_message)
+    ├── RenderError                              a route cannot be rendered (ack bad_message)
+    │   ├── MissingValue(RenderError, KeyError)  a placeholder has no value
+    │   └── UnsafeValue(RenderError, ValueError) a header/query value would hold CR, LF or NUL
     ├── ProtocolError                            a peer (client) broke the wire contract
     │   ├── BadMessage                           not JSON/msgpack, not a map, no type (bad_message)
     │   │   └── BodyUnreadable                   an HTTP body that cannot be decoded (400)
@@ -17,6 +19,8 @@
     │   └── Forbidden                            another session's or user's id (forbidden)
     ├── BackplaneUnavailable                     Redis (the shared backplane) cannot be reached
     ├── JoinRefused                              a user's upstream join failed (its close_code)
+    ├── HookNotFound(BridgeError, ValueError)    a decode hook cannot be loaded (upstream/hooks.py)
+    ├── HookFailed                               a decode hook raised or ran too long
     ├── ClientError                              the Python client's errors (bridge.client.errors)
     │   └── CommandFailed                        the bridge acked a command with an error
     └── UpstreamError                            the legacy app failed a request
@@ -24,7 +28,9 @@
         ├── UpstreamFailed                       5xx after the allowed retries (upstream_error)
         │   ├── UpstreamTimeout(UpstreamFailed, TimeoutError)
         │   └── UpstreamUnreadable               its answer cannot be used (e.g. a value
-        │                                        no codec can carry: 1e999)
+        │       │                                no codec can carry: 1e999)
+        │       └── Unusable                     a 2xx a route cannot use: not JSON, too big,
+        │                                        a capture missing (upstream/answers.py)
         └── UpstreamUnavailable                  unreachable (upstream_unavailable)
             └── CircuitOpen                      the breaker refused to send it
 
@@ -59,9 +65,13 @@ class TemplateError(BridgeError, ValueError):
     """A route template is wrong (found when the config is loaded)."""
 
 
-class MissingValue(BridgeError, KeyError):
-    """A required placeholder has no value in this context: the command is acked
+class RenderError(BridgeError):
+    """A route cannot be rendered for this context: the command is acked
     ``bad_message`` and nothing is sent."""
+
+
+class MissingValue(RenderError, KeyError):
+    """A required placeholder has no value in this context."""
 
     def __init__(self, name: str) -> None:
         super().__init__(name)
@@ -69,6 +79,14 @@ class MissingValue(BridgeError, KeyError):
 
     def __str__(self) -> str:
         return f"missing value for {{{self.name}}}"
+
+
+class UnsafeValue(RenderError, ValueError):
+    """A templated header or query value would hold CR, LF or NUL (or a header
+    name is not a token)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "unsafe value"
 
 
 class ProtocolError(BridgeError):

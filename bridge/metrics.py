@@ -123,6 +123,19 @@ class Metrics:
         self.upstream_retries = Counter(
             "bridge_upstream_retries", "Retried upstream requests.", ["command"], registry=r
         )
+        self.upstream_unusable = Counter(
+            "bridge_upstream_unusable_answers",
+            "2xx answers of the legacy app the bridge could not use, by route and reason "
+            "(content_type, invalid, too_big, hook_error, hook_slow, capture).",
+            ["command", "reason"],
+            registry=r,
+        )
+        self.upstream_captures = Counter(
+            "bridge_upstream_captures",
+            "Values captured from the legacy app's answers, by scope (user, session).",
+            ["scope"],
+            registry=r,
+        )
         self.breaker_state = Gauge(
             "bridge_upstream_breaker_state",
             "Circuit breaker state: 0 closed, 1 half-open, 2 open.",

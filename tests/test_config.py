@@ -106,8 +106,8 @@ def test_config_is_frozen():
         ({"upstream": {"url": "http://x", "commands": {"vote": {"path": "/v", "method": "FETCH"}}}},
          "upstream.commands.vote.method: expected one of GET, POST, PUT, PATCH, DELETE, got 'FETCH'"),
         ({"upstream": {"url": "http://x", "retyr": {}}},
-         "upstream.retyr: unknown key (allowed: breaker, commands, forward_headers, hold, keepalive, "
-         "push, retry, state, timeout, url)"),
+         "upstream.retyr: unknown key (allowed: breaker, commands, forward_headers, headers, hold, "
+         "keepalive, max_response, push, retry, session_concurrency, state, timeout, url)"),
         ({"upstream": {"url": None}}, "upstream.url: must not be empty"),
         ({"upstream": {"url": ["x"]}}, "upstream.url: expected a string, got ['x']"),
     ],
@@ -127,7 +127,8 @@ def test_errors_name_the_key_and_what_was_expected(data, expected):
          "upstream.commands.vote.path: must start with '/', got 'v'"),
         ({"upstream": {"url": "http://x", "commands": {"vote": {"path": "/{nope}"}}}},
          "upstream.commands.vote.path: unknown placeholder {nope} in '/{nope}' (use one of "
-         "{sessionId}, {userId}, {clientId}, {params.NAME}, {payload.NAME})"),
+         "{sessionId}, {userId}, {clientId}, {params.NAME}, {payload.NAME}, "
+             "{user.NAME}, {session.NAME})"),
         ({"upstream": {"url": "http://x", "commands": {"vote": {"path": "/v", "json": {"a": "{payload}"}}}}},
          "upstream.commands.vote.json: {payload} needs a field name, like {payload.name}, in '{payload}'"),
         ({"upstream": {"url": "http://x", "commands": {"heartbeat": {"path": "/h"}}}},

@@ -20,6 +20,7 @@ The two sides meet only through the three protocols here:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
@@ -180,6 +181,23 @@ class Backplane(Protocol):
 
     async def left(self, session: SessionView, user: str) -> None:
         """An explicit leave was forwarded: the user is gone now."""
+
+    async def context(
+        self, session: SessionView, user: str
+    ) -> tuple[dict[str, Any], dict[str, Any]] | None:
+        """What was captured for ``user`` and for the session on any instance
+        (None: nothing shared, or the shared store cannot be reached)."""
+
+    async def remember(
+        self, session: SessionView, user: str | None, values: dict[str, Any],
+        shared: dict[str, Any],
+    ) -> None:  # fmt: skip
+        """Captured values, for every instance: the user's (kept while they are
+        present or in grace) and the session's. Raises BackplaneUnavailable."""
+
+    def command_slot(self, session: SessionView) -> AbstractAsyncContextManager[None]:
+        """Held around each command request of the session (after this instance's own
+        gate): with a shared backplane, the session's gate across every instance."""
 
     async def begin_command(
         self, session: SessionView, user: str, command_id: str

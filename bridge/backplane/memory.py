@@ -6,6 +6,8 @@ Seqs, presence and the de-dupe window live in each session's
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 from .base import Events, SessionView, SharedDone, SharedNew
@@ -68,6 +70,21 @@ class MemoryBackplane:
 
     async def left(self, session: SessionView, user: str) -> None:
         return None  # the runtime's hub already ended the user's presence
+
+    async def context(
+        self, session: SessionView, user: str
+    ) -> tuple[dict[str, Any], dict[str, Any]] | None:
+        return None  # the session here holds all there is
+
+    async def remember(
+        self, session: SessionView, user: str | None, values: dict[str, Any],
+        shared: dict[str, Any],
+    ) -> None:  # fmt: skip
+        return None
+
+    @asynccontextmanager
+    async def command_slot(self, session: SessionView) -> AsyncIterator[None]:
+        yield  # the session's own gate is all there is
 
     async def begin_command(
         self, session: SessionView, user: str, command_id: str

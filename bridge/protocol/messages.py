@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from .types import Message
@@ -21,9 +22,12 @@ def welcome(
     heartbeat: tuple[float, float],
     reconnect: dict[str, float],
     transports: list[str],
+    context: Mapping[str, Any] | None = None,
 ) -> Message:
+    """``context``: the values captured for the user from the app's answers
+    (absent when there are none)."""
     interval, timeout = heartbeat
-    return {
+    msg: Message = {
         "type": "welcome",
         "clientId": client_id,
         "resumeToken": resume_token,
@@ -40,6 +44,9 @@ def welcome(
         },
         "transports": transports,
     }
+    if context:
+        msg["context"] = dict(context)
+    return msg
 
 
 def ack_ok(command_id: str) -> Message:

@@ -17,7 +17,9 @@ Rules (style.md, 15: admission is atomic):
            await resp.prepare(request)
            admission.attach(conn)
 
-3. A join that went through for a handshake that then failed is not undone
+3. A session the app does not know (its first state fetch answers 404 or 410,
+   after the join) is refused 4404 and nothing is kept: no poller, no leave.
+4. A join that went through for a handshake that then failed is not undone
    at once: the user is present with no client, so their grace runs and then
    one leave goes upstream (``Membership.hold``), as for a client that came
    and went.
@@ -33,7 +35,7 @@ from ..config import Config
 from ..exceptions import BackplaneUnavailable, JoinRefused, Unauthorized
 from .connection import Connection, ConnectRequest, Identity
 from .membership import Membership
-from .poller import Poller
+from .poller import Poller, Who
 from .session import Joined, Session
 from .sessions import Sessions
 
@@ -172,6 +174,14 @@ class Admitter:
             admission.joined = await self.membership.ensure_joined(
                 session, req.user_id, client_id, req
             )
+            who = Who(req.user_id, client_id, req.params, req.headers)
+            if not await self.poller.check(session, who):
+                # the app has no such session: nothing is kept (no poller, no leave)
+                if admission.joined is Joined.BY_THIS:
+                    admission.joined = Joined.NOT_BY_THIS
+                    await self.membership.unjoin(session, req.user_id)
+                admission.release()
+                return Refusal(4404, "not_found", "no such session", "not_found")
         except BackplaneUnavailable as exc:
             admission.release()
             return Refusal(

@@ -103,7 +103,7 @@ class Bridge:
         fixed = ("listen", "paths", "backplane")
         needs_restart = [key for key in fixed if getattr(cfg, key) != getattr(self._cfg, key)]
         self.cfg = cfg
-        self.upstream.reconfigure(cfg.upstream)
+        self.upstream.reconfigure(cfg.upstream, cfg.base_dir)
         return needs_restart
 
     # ------------------------------------------------------------------ what transports use
@@ -178,7 +178,7 @@ class Bridge:
     ) -> int | None:
         """State pushed or polled; raises UpstreamUnreadable (a value no codec can
         carry) or BackplaneUnavailable."""
-        self.poller.check(payload)
+        self.poller.check_value(payload)
         return await self.poller.publish_state(session, payload, source, seen_at)
 
     # ------------------------------------------------------------------ lifecycle

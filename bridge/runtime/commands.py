@@ -32,15 +32,15 @@ from ..backplane.base import SharedDone
 from ..config import Config, Route
 from ..core.dedupe import Done, Pending
 from ..core.ratelimit import TokenBucket
-from ..exceptions import CircuitOpen, MissingValue, ProtocolError, UpstreamError
+from ..exceptions import CircuitOpen, ProtocolError, RenderError, UpstreamError
 from ..metrics import Metrics, type_label
 from ..protocol import messages as m
 from ..protocol.normalise import normalise
 from ..protocol.types import Command, Message
-from ..upstream.client import UpstreamClient
+from ..upstream.client import Response, UpstreamClient
 from .connection import Connection
 from .heartbeats import Heartbeats
-from .membership import Membership, template_context
+from .membership import Membership, context_of
 from .session import Session
 from .sessions import Sessions
 
@@ -259,12 +259,15 @@ class Commands:
     async def _forward(
         self, session: Session, conn: Connection, cmd: Command, route: Route
     ) -> Message:
-        ctx = template_context(session.id, conn.user_id, conn.client_id, conn.params, cmd.payload)
         cid = cmd.id or ""
         session.inflight += 1
         try:
-            await self._request_or_hold(session, cmd.type, route, ctx, conn.headers)
-        except MissingValue as exc:
+            await self.membership.load_context(session, conn.user_id)
+            async with self.membership.slot(session):
+                ctx = context_of(session, conn.user_id, conn.client_id, conn.params, cmd.payload)
+                resp = await self._request_or_hold(session, cmd.type, route, ctx, conn.headers)
+            await self.membership.remember(session, conn.user_id, resp.captured)
+        except RenderError as exc:
             return m.ack_error(cid, "bad_message", str(exc))
         except UpstreamError as exc:
             return m.ack_error(cid, exc.code, exc.message)
@@ -284,7 +287,7 @@ class Commands:
     async def _request_or_hold(
         self, session: Session, name: str, route: Route, ctx: dict[str, Any],
         headers: Mapping[str, str],
-    ) -> None:  # fmt: skip
+    ) -> Response:  # fmt: skip
         """Send a command; while the breaker is open, hold it (a bounded number per
         session, for upstream.hold at most) and send it when the breaker lets a
         request through. Raises CircuitOpen when it cannot wait any longer."""
@@ -293,8 +296,7 @@ class Commands:
         try:
             while True:
                 try:
-                    await self.upstream.request(name, route, ctx, headers)
-                    return
+                    return await self.upstream.request(name, route, ctx, headers)
                 except CircuitOpen:
                     now = time.monotonic()
                     if now >= deadline or (not held and session.held >= MAX_HELD_PER_SESSION):

@@ -20,19 +20,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 from typing import Any, Literal
 
 from ..backplane import Backplane
-from ..config import Config
+from ..config import Config, Route
 from ..exceptions import (
     BackplaneUnavailable,
     JoinRefused,
-    MissingValue,
+    RenderError,
     UpstreamError,
     UpstreamRejected,
     UpstreamUnavailable,
 )
+from ..upstream.answers import Captured
 from ..upstream.client import UpstreamClient
 from .connection import ConnectRequest
 from .fanout import Fanout
@@ -47,7 +49,8 @@ UNDO_AFTER_MIN = 0.05
 
 def template_context(
     session_id: str, user_id: str, client_id: str, params: Mapping[str, Any],
-    payload: Mapping[str, Any],
+    payload: Mapping[str, Any], user: Mapping[str, Any] | None = None,
+    shared: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """What a route's placeholders are filled from (upstream/templates.py)."""
     return {
@@ -56,7 +59,29 @@ def template_context(
         "clientId": client_id,
         "params": params,
         "payload": payload,
+        "user": user or {},
+        "session": shared or {},
     }
+
+
+def context_of(
+    session: Session, user_id: str, client_id: str, params: Mapping[str, Any],
+    payload: Mapping[str, Any],
+) -> dict[str, Any]:  # fmt: skip
+    """A route's placeholders for a user of ``session``, with what was captured."""
+    return template_context(
+        session.id, user_id, client_id, params, payload, session.values.get(user_id),
+        session.shared,
+    )  # fmt: skip
+
+
+def uses_captures(cfg: Config) -> bool:
+    """Whether any route captures values (then they are shared through the backplane)."""
+    up = cfg.upstream
+    routes: list[Route] = [*up.commands.values(), up.state, *(up.state.parts or {}).values()]
+    if up.keepalive is not None:
+        routes.append(up.keepalive)
+    return any(r.capture is not None for r in routes)
 
 
 class Membership:
@@ -114,17 +139,21 @@ class Membership:
         except BackplaneUnavailable as exc:
             raise JoinRefused(1013, exc.code, str(exc)) from None
         if not claimed:  # present through another instance: no second join
+            await self.load_context(session, user_id)
             return Joined.NOT_BY_THIS
         route = self.cfg.upstream.commands.get("join")
-        ctx = template_context(session.id, user_id, client_id, req.params, {})
         uncertain = False
         try:
             if route is not None:
-                uncertain = True
-                await self.upstream.request("join", route, ctx, req.headers)
-                uncertain = False
+                await self.load_context(session, user_id)
+                ctx = context_of(session, user_id, client_id, req.params, {})
+                async with self.slot(session):
+                    uncertain = True
+                    resp = await self.upstream.request("join", route, ctx, req.headers)
+                    uncertain = False
+                await self.remember(session, user_id, resp.captured)
         except BaseException as exc:
-            sure_not = isinstance(exc, UpstreamRejected | UpstreamUnavailable | MissingValue)
+            sure_not = isinstance(exc, UpstreamRejected | UpstreamUnavailable | RenderError)
             if uncertain and not sure_not:
                 # cancelled in flight, a timeout or a 5xx: the app may have the user
                 self._undo_join(session, user_id, UserContext(client_id, req.params, req.headers))
@@ -134,7 +163,7 @@ class Membership:
                 session.tasks.spawn(
                     self.backplane.unclaim_user(session, user_id), "unclaiming an interrupted join"
                 )
-            if isinstance(exc, MissingValue):
+            if isinstance(exc, RenderError):
                 raise JoinRefused(4400, "bad_request", f"join: {exc}") from None
             if isinstance(exc, UpstreamRejected):
                 if exc.status in (401, 403):
@@ -147,6 +176,53 @@ class Membership:
             raise
         await self.backplane.joined(session, user_id)
         return Joined.BY_THIS
+
+    @asynccontextmanager
+    async def slot(self, session: Session) -> AsyncIterator[None]:
+        """Held around every command request (join and leave included):
+        upstream.session_concurrency of the session's at the app at once, in
+        arrival order, here and (with a shared backplane) across instances."""
+        async with session.gate.held(), self.backplane.command_slot(session):
+            yield
+
+    # ------------------------------------------------------------------ captured values
+    async def load_context(self, session: Session, user: str) -> None:
+        """With a shared backplane, what other instances captured for the user and
+        the session (captures being used at all)."""
+        if not (self.backplane.shared and uses_captures(self.cfg)):
+            return
+        found = await self.backplane.context(session, user)
+        if found is not None:
+            values, shared = found
+            if values:
+                session.values.setdefault(user, {}).update(values)
+            session.shared.update(shared)
+
+    async def remember(self, session: Session, user: str | None, captured: Captured) -> None:
+        """Keep captured values (for every instance, with a shared backplane)."""
+        if not captured:
+            return
+        if captured.user and user is not None:
+            session.values.setdefault(user, {}).update(captured.user)
+        session.shared.update(captured.session)
+        if self.backplane.shared:
+            try:
+                await self.backplane.remember(
+                    session, user, captured.user if user else {}, captured.session
+                )
+            except BackplaneUnavailable as exc:
+                log.warning("captured values of session %s kept here only: %s", session.id, exc)
+
+    def forget(self, session: Session, user: str) -> None:
+        """The user is gone: their context goes with them."""
+        session.users.pop(user, None)
+        session.values.pop(user, None)
+
+    async def unjoin(self, session: Session, user: str) -> None:
+        """The join of a session the app then said it does not know: forgotten
+        with no leave (there is nothing to leave)."""
+        self.forget(session, user)
+        await self.backplane.unclaim_user(session, user)
 
     def _undo_join(self, session: Session, user: str, ctx: UserContext) -> None:
         """A join that may have reached the app (cancelled in flight, a timeout, a
@@ -184,7 +260,7 @@ class Membership:
             if self.backplane.grace_over(session, user):
                 self.user_request(session, user, "leave", None)
             elif not session.hub.presence.is_present(user):
-                session.users.pop(user, None)  # another instance sends the leave
+                self.forget(session, user)  # another instance sends the leave
         if tick.presence is not None:
             self.fanout.broadcast(session, tick.presence)
         self.sessions.schedule(session)
@@ -224,11 +300,14 @@ class Membership:
         if stored is not None:
             params = stored.get("params")
             headers = stored.get("headers")
+            values = stored.get("values")
             ctx = UserContext(
                 str(stored.get("client", "")),
                 params if isinstance(params, dict) else {},
                 headers if isinstance(headers, dict) else {},
             )
+            if isinstance(values, dict) and values:
+                session.values.setdefault(user, {}).update(values)
         session.tasks.spawn(self._user_request(session, user, name, ctx), f"sending a {name}")
 
     async def _user_request(
@@ -245,12 +324,17 @@ class Membership:
             params: Mapping[str, str] = ctx_user.params if ctx_user else {}
             headers: Mapping[str, str] = ctx_user.headers if ctx_user else {}
             client = ctx_user.client_id if ctx_user else ""
-            ctx = template_context(session.id, user, client, params, {})
-            await self.upstream.request(name, route, ctx, headers)
-        except (UpstreamError, MissingValue) as exc:
+            ctx = context_of(session, user, client, params, {})
+            if name == "leave":
+                async with self.slot(session):
+                    resp = await self.upstream.request(name, route, ctx, headers)
+            else:
+                resp = await self.upstream.request(name, route, ctx, headers)
+            await self.remember(session, user, resp.captured)
+        except (UpstreamError, RenderError) as exc:
             log.warning("%s for a user of session %s failed: %s", name, session.id, exc)
         finally:
             if name == "leave":
                 if not session.hub.presence.is_present(user):
-                    session.users.pop(user, None)
+                    self.forget(session, user)
                 session.refresh.set()

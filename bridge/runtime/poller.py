@@ -19,20 +19,41 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from ..backplane import Backplane
 from ..config import Config
-from ..exceptions import BackplaneUnavailable, UpstreamError, UpstreamUnreadable
+from ..exceptions import (
+    BackplaneUnavailable,
+    RenderError,
+    UpstreamError,
+    UpstreamRejected,
+    UpstreamUnreadable,
+)
 from ..metrics import Metrics
 from ..protocol.values import problem
-from ..upstream.client import UpstreamClient
-from .session import Session
+from ..upstream.client import StateResult, UpstreamClient
+from .membership import context_of
+from .session import PartState, Session
 from .sessions import Sessions
 
 log = logging.getLogger("bridge.runtime")
 
 MAX_BACKOFF = 30.0
+#: the longest a connect waits for a new session's first state fetch
+CHECK_WAIT = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class Who:
+    """The user a state request is sent as (``state.as: present_user``)."""
+
+    user: str
+    client: str
+    params: Mapping[str, Any]
+    headers: Mapping[str, str]
 
 
 class Poller:
@@ -74,10 +95,13 @@ class Poller:
 
     def delay(self, session: Session) -> float:
         """How long the poller waits before its next round (backing off after failures)."""
+        return self._backoff(session.poll_failures)
+
+    def _backoff(self, failures: int) -> float:
         every = self.cfg.upstream.state.every
-        if session.poll_failures == 0:
+        if failures == 0:
             return every
-        return min(MAX_BACKOFF, every * 2.0 ** min(session.poll_failures, 5))
+        return min(MAX_BACKOFF, every * 2.0 ** min(failures, 5))
 
     async def _loop(self, session: Session) -> None:
         while self.sessions.get(session.id) is session and self.backplane.owns(session):
@@ -90,14 +114,144 @@ class Poller:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(session.refresh.wait(), self.delay(session))
 
+    def _user_for(self, session: Session) -> str | None:
+        """``as: present_user``: the user whose context the state request takes —
+        the one used before while they are present with a client here, else another."""
+        user = session.poll_user
+        if user is not None and user in session.users and session.is_present(user):
+            return user
+        for candidate in sorted(session.users_here()):
+            if candidate in session.users:
+                session.poll_user = candidate
+                return candidate
+        session.poll_user = None
+        return None
+
+    def _context(
+        self, session: Session, who: Who | None
+    ) -> tuple[dict[str, Any], Mapping[str, str] | None] | None:
+        """The state request's placeholders and forwarded headers (None: it must
+        be sent as a present user and nobody is usable)."""
+        if self.cfg.upstream.state.as_ != "present_user":
+            ctx: dict[str, Any] = {"sessionId": session.id, "params": {}, "payload": {},
+                                   "user": {}, "session": session.shared}  # fmt: skip
+            return ctx, None
+        if who is None:
+            user = self._user_for(session)
+            if user is None:
+                return None
+            uc = session.users[user]
+            who = Who(user, uc.client_id, uc.params, uc.headers)
+        return context_of(session, who.user, who.client, who.params, {}), who.headers
+
+    async def fetch(self, session: Session, who: Who | None = None) -> StateResult | None:
+        """One state request (or one of each part due); None when nobody is usable.
+        Raises UpstreamError and RenderError (every part failing)."""
+        state = self.cfg.upstream.state
+        found = self._context(session, who)
+        if found is None:
+            return None
+        ctx, forwarded = found
+        if state.parts is None:
+            result = await self.upstream.fetch_state(
+                "state", state, ctx, forwarded, session.etag, session.last_modified
+            )
+            await self._keep(session, result)
+            return result
+        now = time.monotonic()
+        due = [(name, part) for name, part in state.parts.items()
+               if session.parts.setdefault(name, PartState()).next_at <= now]  # fmt: skip
+        answers = await asyncio.gather(
+            *(self.upstream.fetch_state(f"state.{name}", part, ctx, forwarded,
+                                        session.parts[name].etag,
+                                        session.parts[name].last_modified)
+              for name, part in due),
+            return_exceptions=True,
+        )  # fmt: skip
+        changed = False
+        errors: list[BaseException] = []
+        for (name, _part), answer in zip(due, answers, strict=True):
+            ps = session.parts[name]
+            if isinstance(answer, BaseException):
+                if not isinstance(answer, UpstreamError | RenderError):
+                    raise answer
+                ps.failures += 1
+                ps.next_at = now + self._backoff(ps.failures)
+                errors.append(answer)
+                if len(errors) < len(due):
+                    self.metrics.state_polls.labels("error").inc()
+                    log.warning("state part %s of session %s failed: %s (next try in %.1fs)",
+                                name, session.id, answer, ps.next_at - now)  # fmt: skip
+                continue
+            ps.failures, ps.next_at = 0, 0.0
+            await self._keep(session, answer)
+            if answer.changed:
+                ps.etag, ps.last_modified = answer.etag, answer.last_modified
+                if not ps.fetched or answer.payload != ps.value:
+                    changed = True
+                ps.value, ps.fetched = answer.payload, True
+        if errors and len(errors) == len(due):
+            raise errors[0]
+        if not changed:
+            return StateResult(False)
+        return StateResult(True, {name: session.parts.setdefault(name, PartState()).value
+                                  for name in state.parts})  # fmt: skip
+
+    async def _keep(self, session: Session, result: StateResult) -> None:
+        """Session values captured from a state answer."""
+        captured = result.captured
+        if captured.session:
+            session.shared.update(captured.session)
+            if self.backplane.shared:
+                try:
+                    await self.backplane.remember(session, None, {}, captured.session)
+                except BackplaneUnavailable as exc:
+                    log.warning("captured values of session %s kept here only: %s",
+                                session.id, exc)  # fmt: skip
+
+    async def check(self, session: Session, who: Who) -> bool:
+        """Before the first client of a session is admitted here: False when the
+        app says the session does not exist (its first state fetch answers 404
+        or 410). Shared by concurrent connects; an answer of any other kind (or
+        none within :data:`CHECK_WAIT`) lets them in. A session whose log
+        already has entries is known."""
+        if session.checked is None:
+            if session.hub.log.head > 0:
+                return True
+            session.checked = asyncio.get_running_loop().create_future()
+            session.tasks.spawn(self._first_fetch(session, who, session.checked),
+                                "fetching a new session's state")  # fmt: skip
+        with contextlib.suppress(TimeoutError):
+            return await asyncio.wait_for(asyncio.shield(session.checked), CHECK_WAIT)
+        return True
+
+    async def _first_fetch(self, session: Session, who: Who, known: asyncio.Future[bool]) -> None:
+        try:
+            result = await self.fetch(session, who)
+        except UpstreamRejected as exc:
+            known.set_result(exc.status not in (404, 410))
+            return
+        except (UpstreamError, RenderError):
+            known.set_result(True)  # the poller will try again (and back off)
+            return
+        except BaseException:
+            known.set_result(True)
+            raise
+        known.set_result(True)
+        if result is not None and result.changed:
+            # published by the poller's first round (after the first client attached,
+            # so it gets the state live), which does not ask the app again
+            session.prefetched = result
+
     async def poll_once(self, session: Session) -> None:
         try:
-            result = await self.upstream.fetch_state(
-                session.id, session.etag, session.last_modified
-            )
+            result = session.prefetched or await self.fetch(session)
+            session.prefetched = None
+            if result is None:  # as: present_user, and nobody usable: wait
+                return
             if result.changed:
-                self.check(result.payload)
-        except UpstreamError as exc:
+                self.check_value(result.payload)
+        except (UpstreamError, RenderError) as exc:
             self._failed(session, f"state poll of session {session.id} failed: {exc}")
             return
         session.poll_failures = 0
@@ -113,6 +267,8 @@ class Poller:
             if not session.unpublished:
                 log.warning("state of session %s not published (until it is): %s", session.id, exc)
             session.unpublished = True
+            for ps in session.parts.values():
+                ps.etag = ps.last_modified = None
             return
         if session.unpublished:
             log.info("state of session %s published again", session.id)
@@ -126,7 +282,7 @@ class Poller:
         log.warning("%s (next try in %.1fs)", why, self.delay(session))
 
     @staticmethod
-    def check(payload: Any) -> None:
+    def check_value(payload: Any) -> None:
         """Raises UpstreamUnreadable for a state no codec can carry."""
         wrong = problem(payload)
         if wrong is not None:

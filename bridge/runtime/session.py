@@ -10,12 +10,27 @@ import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import Any
 
 from ..core.hub import SessionHub
 from ..core.ratelimit import TokenBucket
 from ..protocol.types import Message
 from ..tasks import TaskOwner
 from .connection import Connection
+from .gate import Gate
+
+
+@dataclass(slots=True)
+class PartState:
+    """One part of a state spread over several routes."""
+
+    value: Any = None
+    etag: str | None = None
+    last_modified: str | None = None
+    failures: int = 0
+    #: monotonic time before which a failing part is not asked again
+    next_at: float = 0.0
+    fetched: bool = False
 
 
 @dataclass(slots=True)
@@ -66,6 +81,20 @@ class Session:
     #: the backplane refused the last state (logged once until it works again)
     unpublished: bool = False
     evictions_seen: int = 0
+    #: userId → values captured for them from the app's answers (``{user.NAME}``)
+    values: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: values captured for the session (``{session.NAME}``)
+    shared: dict[str, Any] = field(default_factory=dict)
+    #: ``upstream.state.parts``: each part's last answer and conditional headers
+    parts: dict[str, PartState] = field(default_factory=dict)
+    #: ``state.as: present_user``: whose context the state request is rendered with
+    poll_user: str | None = None
+    #: the first state fetch (unknown sessions are refused), shared by concurrent connects
+    checked: asyncio.Future[bool] | None = None
+    #: what that first fetch got, for the poller's first round (an upstream StateResult)
+    prefetched: Any = None
+    #: commands of this session at the app at once (upstream.session_concurrency)
+    gate: Gate = field(default_factory=lambda: Gate(1))
 
     # -- the backplane's SessionView
     @property

@@ -125,6 +125,8 @@ class Sessions:
     def reconfigure(self, cfg: Config) -> None:
         self.cfg = cfg
         self.settings = hub_settings(cfg, self.backplane.shared)
+        for session in self.by_id.values():
+            session.gate.resize(cfg.upstream.session_concurrency)
 
     def get(self, session_id: str) -> Session | None:
         return self.by_id.get(session_id)
@@ -139,6 +141,7 @@ class Sessions:
                 hub.dedupe = parked[0]
             tasks = TaskOwner("session", about=f"session {session_id}", count=self._count)
             session = Session(session_id, hub, tasks)
+            session.gate.resize(self.cfg.upstream.session_concurrency)
             tasks.on_idle = lambda: self.drop_if_idle(session)
             self.by_id[session_id] = session
             self.metrics.sessions.set(len(self.by_id))
@@ -252,6 +255,7 @@ class Sessions:
                 "upgrade_interval": cfg.reconnect.upgrade_interval,
             },
             transports=[t for t in TRANSPORTS if getattr(cfg.transports, t)],
+            context=session.values.get(conn.user_id) or None,
         )
 
     def detach(self, conn: Connection, reason: str) -> None:

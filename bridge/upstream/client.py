@@ -23,16 +23,18 @@ at once. A request cancelled while it was the half-open trial, or answered
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import random
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlencode
 
 import aiohttp
 
-from ..config import Route, Upstream
+from ..config import Route, StatePart, StateRoute, Upstream
 from ..core.breaker import STATE_VALUES, CircuitBreaker
 from ..exceptions import (
     CircuitOpen,
@@ -41,10 +43,13 @@ from ..exceptions import (
     UpstreamRejected,
     UpstreamTimeout,
     UpstreamUnavailable,
+    UpstreamUnreadable,
 )
 from ..metrics import Metrics, status_label
 from ..protocol import backoff
-from .templates import MISSING, lookup, render_json, render_path
+from . import hooks
+from .answers import Captured, Unusable, decode_json, rejection, take_captures
+from .templates import MISSING, lookup, render_fields, render_json, render_path
 
 log = logging.getLogger("bridge.upstream")
 
@@ -56,8 +61,23 @@ APP_WIDE = frozenset({502, 503, 504})
 @dataclass(frozen=True, slots=True)
 class Response:
     status: int
+    #: the decoded answer for a route that uses it (else None)
     body: Any
     headers: Mapping[str, str]
+    captured: Captured = field(default_factory=Captured)
+    #: the answer's bytes, when the route uses its answer
+    raw: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """A rendered route, ready to send."""
+
+    method: str
+    path: str
+    query: list[tuple[str, str]]
+    headers: dict[str, str]
+    data: bytes | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +88,7 @@ class StateResult:
     payload: Any = None
     etag: str | None = None
     last_modified: str | None = None
+    captured: Captured = field(default_factory=Captured)
 
 
 def select(payload: Any, path: str | None) -> Any:
@@ -91,7 +112,10 @@ def _retry_after(headers: Mapping[str, str]) -> float | None:
 class UpstreamClient:
     """One per bridge process; safe to share between sessions."""
 
-    def __init__(self, cfg: Upstream, http: aiohttp.ClientSession, metrics: Metrics) -> None:
+    def __init__(
+        self, cfg: Upstream, http: aiohttp.ClientSession, metrics: Metrics,
+        base_dir: str | None = None,
+    ) -> None:  # fmt: skip
         self.cfg = cfg
         self.http = http
         self.metrics = metrics
@@ -102,12 +126,15 @@ class UpstreamClient:
             trial_timeout=cfg.timeout + 1.0,  # a request never outlives its timeout
         )
         self._timeout = aiohttp.ClientTimeout(total=cfg.timeout)
+        #: the config file's folder (decode hooks are looked up there first)
+        self.base_dir = base_dir
         metrics.breaker_state.set(0)
 
-    def reconfigure(self, cfg: Upstream) -> None:
+    def reconfigure(self, cfg: Upstream, base_dir: str | None = None) -> None:
         """Take a reloaded ``upstream`` section (routes, timeouts, retries) from now on.
         The breaker keeps its state; its thresholds change."""
         self.cfg = cfg
+        self.base_dir = base_dir
         self.base = cfg.url.rstrip("/")
         self.breaker.threshold = cfg.breaker.failures
         self.breaker.recovery = cfg.breaker.recovery
@@ -120,38 +147,46 @@ class UpstreamClient:
     def breaker_state(self) -> str:
         return self.breaker.state(time.monotonic())
 
-    async def _send_once(
-        self,
-        name: str,
-        method: str,
-        path: str,
-        body: Any,
-        headers: Mapping[str, str],
-    ) -> Response:
+    async def _read(self, resp: aiohttp.ClientResponse, name: str) -> bytes:
+        """The answer's body, up to ``upstream.max_response``. Raises Unusable."""
+        cap = self.cfg.max_response
+        if resp.content_length is not None and resp.content_length > cap:
+            raise Unusable(f"{name}: the answer is over {cap} bytes", "too_big")
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in resp.content.iter_any():
+            size += len(chunk)
+            if size > cap:
+                raise Unusable(f"{name}: the answer is over {cap} bytes", "too_big")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    async def _send_once(self, name: str, req: Prepared, uses_answer: bool) -> Response:
         started = time.monotonic()
         status: int | None = None
         try:
             async with self.http.request(
-                method,
-                self.base + path,
-                json=body,
-                headers=dict(headers),
+                req.method,
+                self.base + req.path,
+                params=req.query or None,
+                data=req.data,
+                headers=req.headers,
                 timeout=self._timeout,
                 allow_redirects=False,
             ) as resp:
                 status = resp.status
-                raw = await resp.read()
-                parsed: Any = None
-                if raw:
-                    ctype = resp.headers.get("Content-Type", "")
-                    if "json" in ctype:
-                        try:
-                            parsed = await resp.json(content_type=None)
-                        except ValueError:
-                            parsed = raw.decode("utf-8", "replace")
-                    else:
-                        parsed = raw.decode("utf-8", "replace")
-                return Response(status, parsed, resp.headers)
+                if not uses_answer or status >= 300:
+                    try:
+                        await self._read(resp, name)  # the connection can be used again
+                    except Unusable:
+                        resp.close()
+                    return Response(status, None, resp.headers)
+                try:
+                    raw = await self._read(resp, name)
+                except Unusable as exc:
+                    self.metrics.upstream_unusable.labels(name, exc.reason).inc()
+                    raise
+                return Response(status, None, resp.headers, raw=raw)
         except TimeoutError:
             raise UpstreamTimeout(f"{name}: no answer within {self.cfg.timeout}s") from None
         except aiohttp.ClientConnectorError as exc:
@@ -163,23 +198,96 @@ class UpstreamClient:
             self.metrics.upstream_duration.labels(name).observe(elapsed)
             self.metrics.upstream_requests.labels(name, status_label(status)).inc()
 
+    def prepare(
+        self,
+        name: str,
+        route: Route,
+        ctx: Mapping[str, Any],
+        forwarded: Mapping[str, str] | None = None,
+        extra: Mapping[str, str] | None = None,
+    ) -> Prepared:
+        """Render a route: path, query, headers (``upstream.headers``, then the
+        client's forwarded ones, then the route's; ``extra`` last), body.
+        Raises RenderError."""
+        path = render_path(route.path, ctx)
+        query = render_fields(route.query, ctx, f"{name} query") if route.query else []
+        headers: dict[str, str] = {}
+        if self.cfg.headers:
+            headers.update(render_fields(self.cfg.headers, ctx, "header"))
+        if forwarded:
+            headers.update(forwarded)
+        if route.headers:
+            headers.update(render_fields(route.headers, ctx, "header"))
+        data: bytes | None = None
+        if route.form is not None:
+            data = urlencode(render_fields(route.form, ctx, f"{name} form")).encode()
+            headers.setdefault("Content-Type", "application/x-www-form-urlencoded")
+        elif route.json is not None:
+            body = render_json(route.json, ctx)
+            data = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+            headers.setdefault("Content-Type", "application/json")
+        if extra:
+            headers.update(extra)
+        return Prepared(route.method, path, query, headers, data)
+
+    async def _use(self, name: str, route: Route, resp: Response) -> Response:
+        """Decode a 2xx answer the route uses; reject_when; captures.
+        Raises Unusable or UpstreamRejected."""
+        try:
+            if route.decode is not None:
+                hook = hooks.resolve(route.decode, self.base_dir)
+                try:
+                    decoded = await hooks.run(hook, resp.status, resp.headers, resp.raw)
+                except ValueError as exc:
+                    raise Unusable(f"{name}: the decode hook refused the answer: {exc}",
+                                   "invalid") from None  # fmt: skip
+                except hooks.HookFailed as exc:
+                    log.warning("decode hook %s of %s %s", route.decode, name, exc)
+                    raise Unusable(f"{name}: the decode hook {exc}",
+                                   "hook_slow" if exc.slow else "hook_error") from None  # fmt: skip
+            elif resp.status == 204 or not resp.raw:
+                decoded = None
+                if route.uses_answer:
+                    raise Unusable(f"{name}: the answer is empty", "invalid")
+            else:
+                decoded = decode_json(name, resp.headers, resp.raw)
+        except Unusable as exc:
+            self.metrics.upstream_unusable.labels(name, exc.reason).inc()
+            raise
+        message = rejection(decoded, route.reject_when)
+        if message is not None:
+            raise UpstreamRejected(message, status=resp.status)
+        try:
+            captured = take_captures(name, decoded, route.capture)
+        except Unusable as exc:
+            self.metrics.upstream_unusable.labels(name, exc.reason).inc()
+            raise
+        for scope in ("user", "session"):
+            count = len(getattr(captured, scope))
+            if count:
+                self.metrics.upstream_captures.labels(scope).inc(count)
+        return Response(resp.status, decoded, resp.headers, captured, resp.raw)
+
     async def request(
         self,
         name: str,
-        route: Route | Any,
+        route: Route,
         ctx: Mapping[str, Any],
         headers: Mapping[str, str] | None = None,
+        extra: Mapping[str, str] | None = None,
     ) -> Response:
         """Send a templated request with the retry rule above.
 
-        Raises MissingValue (from templates) when a required field is absent,
+        Raises RenderError (from templates) when a value is absent or unsafe,
         UpstreamRejected on 4xx, UpstreamFailed/UpstreamTimeout after the
         allowed retries, UpstreamUnavailable when the breaker is open or the
-        app cannot be reached.
+        app cannot be reached; Unusable (an UpstreamUnreadable) for a 2xx the
+        route cannot use, UpstreamRejected for one its ``reject_when`` refuses.
+        ``headers``: the client's forwarded ones; ``extra``: the bridge's own.
         """
-        path = render_path(route.path, ctx)
-        body = render_json(getattr(route, "json", None), ctx)
-        idempotent = bool(getattr(route, "idempotent", False))
+        prepared = self.prepare(name, route, ctx, headers, extra)
+        uses_answer = route.uses_answer or route.decode is not None
+        idempotent = route.idempotent
         scope = str(ctx.get("sessionId", "")) or None
         retry = self.cfg.retry
         attempt = 0
@@ -192,7 +300,17 @@ class UpstreamClient:
                 self.metrics.upstream_requests.labels(name, "breaker_open").inc()
                 raise CircuitOpen("upstream circuit breaker is open")
             try:
-                resp = await self._send_once(name, route.method, path, body, headers or {})
+                resp = await self._send_once(name, prepared, uses_answer)
+                if uses_answer and 200 <= resp.status < 300:
+                    resp = await self._use(name, route, resp)
+            except UpstreamRejected:  # reject_when: the app is alive and said no
+                self.breaker.success(scope)
+                self._update_breaker_gauge()
+                raise
+            except UpstreamUnreadable:  # a 2xx the route cannot use: this session's failure
+                self.breaker.failure(time.monotonic(), scope)
+                self._update_breaker_gauge()
+                raise
             except (UpstreamTimeout, UpstreamFailed) as exc:
                 self.breaker.failure(time.monotonic())
                 self._update_breaker_gauge()
@@ -244,18 +362,24 @@ class UpstreamClient:
             await asyncio.sleep(delay)
 
     async def fetch_state(
-        self, session_id: str, etag: str | None, last_modified: str | None
+        self,
+        name: str,
+        route: StateRoute | StatePart,
+        ctx: Mapping[str, Any],
+        forwarded: Mapping[str, str] | None,
+        etag: str | None,
+        last_modified: str | None,
     ) -> StateResult:
-        """Conditional GET of one session's state. Raises UpstreamError subclasses."""
-        route = self.cfg.state
-        headers: dict[str, str] = {"Accept": "application/json"}
+        """Conditional request of a session's state (or one part of it), its answer
+        after ``select``. Raises UpstreamError subclasses and RenderError."""
+        extra: dict[str, str] = {}
         if etag:
-            headers["If-None-Match"] = etag
+            extra["If-None-Match"] = etag
         if last_modified:
-            headers["If-Modified-Since"] = last_modified
-        resp = await self.request(
-            "state", route, {"sessionId": session_id, "params": {}, "payload": {}}, headers
-        )
+            extra["If-Modified-Since"] = last_modified
+        if "Accept" not in route.headers and route.decode is None:
+            extra.setdefault("Accept", "application/json")
+        resp = await self.request(name, route, ctx, forwarded, extra)
         if resp.status == 304:
             return StateResult(False, etag=etag, last_modified=last_modified)
         return StateResult(
@@ -263,4 +387,5 @@ class UpstreamClient:
             select(resp.body, route.select),
             resp.headers.get("ETag"),
             resp.headers.get("Last-Modified"),
+            resp.captured,
         )

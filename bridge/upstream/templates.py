@@ -1,5 +1,6 @@
 """Request templates: ``{sessionId}``, ``{userId}``, ``{clientId}``, ``{params.NAME}``,
-``{payload.x.y}`` inside paths and JSON bodies.
+``{payload.x.y}``, ``{user.NAME}`` and ``{session.NAME}`` (values captured from the
+app's answers) inside paths, query and header values, JSON and form bodies.
 
 Rules:
 
@@ -9,7 +10,11 @@ Rules:
   percent-encoded, so a value can never add a path segment or a query.
 - A missing value fails the render with :class:`MissingValue` (the command is
   acked ``bad_message``) unless written ``{payload.x?}``: then the key holding it
-  is left out of its object (or the text is empty inside a longer string).
+  is left out of its object (or the text is empty inside a longer string); in
+  a JSON array it renders ``null`` (positions never shift); a query or form
+  value that is only such a placeholder leaves its key out.
+- Header and query values that render CR, LF or NUL are refused
+  (:class:`UnsafeValue`): nothing is sent.
 """
 
 from __future__ import annotations
@@ -21,10 +26,10 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
-from ..exceptions import MissingValue, TemplateError
+from ..exceptions import MissingValue, TemplateError, UnsafeValue
 
 PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z0-9_-]+)*)(\?)?\}")
-ROOTS = ("sessionId", "userId", "clientId", "params", "payload")
+ROOTS = ("sessionId", "userId", "clientId", "params", "payload", "user", "session")
 _SCALAR_ROOTS = ("sessionId", "userId", "clientId")
 
 
@@ -123,7 +128,7 @@ def _render(template: Any, ctx: Mapping[str, Any], in_path: bool) -> Any:
                 out[key] = rendered
         return out
     if isinstance(template, list):
-        return [r for r in (_render(v, ctx, in_path) for v in template) if r is not MISSING]
+        return [None if r is MISSING else r for r in (_render(v, ctx, in_path) for v in template)]
     return template
 
 
@@ -140,3 +145,31 @@ def render_json(template: Any, ctx: Mapping[str, Any]) -> Any:
         return None
     result = _render(template, ctx, in_path=False)
     return None if result is MISSING else result
+
+
+_UNSAFE = re.compile(r"[\r\n\x00]")
+
+
+def render_text(template: str, ctx: Mapping[str, Any], what: str) -> str | None:
+    """Render a query, header or form value as text: None when it is only an
+    optional placeholder that is missing (its key is left out). Raises
+    MissingValue, and UnsafeValue when the text holds CR, LF or NUL."""
+    result = _render(template, ctx, in_path=False)
+    if result is MISSING:  # only an optional placeholder, and it is missing
+        return None
+    text = _as_text(result)
+    if _UNSAFE.search(text):
+        raise UnsafeValue(f"{what} would hold a control character (CR, LF or NUL)")
+    return text
+
+
+def render_fields(
+    templates: Mapping[str, str], ctx: Mapping[str, Any], what: str
+) -> list[tuple[str, str]]:
+    """Render a map of query/header/form values (missing optional ones left out)."""
+    out: list[tuple[str, str]] = []
+    for key, template in templates.items():
+        text = render_text(template, ctx, f"{what} {key}")
+        if text is not None:
+            out.append((key, text))
+    return out

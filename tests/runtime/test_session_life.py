@@ -82,7 +82,9 @@ class App:
             if call in self.calls:
                 self.calls.remove(call)
 
-    async def fetch_state(self, session_id: str, etag: Any, last_modified: Any) -> StateResult:
+    async def fetch_state(
+        self, name: str, route: Any, ctx: Any, forwarded: Any, etag: Any, last_modified: Any
+    ) -> StateResult:
         return StateResult(True, {"joined": sorted(self.joined), "votes": self.votes})
 
     def breaker_state(self) -> str:

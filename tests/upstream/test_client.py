@@ -14,10 +14,17 @@ from bridge.exceptions import (
     UpstreamRejected,
     UpstreamTimeout,
     UpstreamUnavailable,
+    UpstreamUnreadable,
 )
 from bridge.metrics import Metrics
 from bridge.protocol.backoff import delay
 from bridge.upstream.client import UpstreamClient, select
+
+
+def fetch(client, session_id, etag, last_modified):
+    """The state of one session, as the poller asks for it."""
+    ctx = {"sessionId": session_id, "params": {}, "payload": {}, "user": {}, "session": {}}
+    return client.fetch_state("state", client.cfg.state, ctx, None, etag, last_modified)
 
 
 class Scripted:
@@ -187,10 +194,10 @@ async def test_breaker_opens_then_half_opens(app_and_client):
 async def test_fetch_state_conditional_and_select(app_and_client):
     scripted, make = app_and_client
     client, _ = await make(state={"select": "data"})
-    first = await client.fetch_state("s1", None, None)
+    first = await fetch(client, "s1", None, None)
     assert first.changed and first.payload["id"] == "/api/sessions/s1" and first.etag == '"e1"'
     scripted.script["/api/sessions/s1"] = [304]
-    second = await client.fetch_state("s1", '"e1"', "Thu, 01 Jan 2026 00:00:00 GMT")
+    second = await fetch(client, "s1", '"e1"', "Thu, 01 Jan 2026 00:00:00 GMT")
     assert not second.changed and second.etag == '"e1"'
     headers = scripted.seen[-1][3]
     assert headers["If-None-Match"] == '"e1"'
@@ -198,12 +205,19 @@ async def test_fetch_state_conditional_and_select(app_and_client):
 
 
 async def test_non_json_bodies(app_and_client):
+    # a route that does not use its answer is fine with any; one that does is strict
     scripted, make = app_and_client
     client, cfg = await make()
-    scripted.script["/api/sessions/s1/reveal"] = ["text"]
-    assert (await client.request("reveal", cfg.upstream.commands["reveal"], CTX)).body == "plain"
-    scripted.script["/api/sessions/s1/reveal"] = ["badjson"]
-    assert (await client.request("reveal", cfg.upstream.commands["reveal"], CTX)).body == "{oops"
+    reveal = cfg.upstream.commands["reveal"]
+    for answer in ("text", "badjson"):
+        scripted.script["/api/sessions/s1/reveal"] = [answer]
+        assert (await client.request("reveal", reveal, CTX)).status == 200
+    scripted.script["/api/sessions/s1"] = ["text"]
+    with pytest.raises(UpstreamUnreadable, match="expected a JSON answer, got text/plain"):
+        await fetch(client, "s1", None, None)
+    scripted.script["/api/sessions/s1"] = ["badjson"]
+    with pytest.raises(UpstreamUnreadable, match="not valid JSON"):
+        await fetch(client, "s1", None, None)
 
 
 def test_backoff_and_select():
@@ -251,20 +265,20 @@ async def test_one_sessions_500s_do_not_open_the_breaker(app_and_client):
     scripted.script["/api/sessions/bad"] = [500]
     for _ in range(10):
         with pytest.raises(UpstreamFailed):
-            await client.fetch_state("bad", None, None)
+            await fetch(client, "bad", None, None)
     assert client.breaker_state() == "closed"
-    assert (await client.fetch_state("good", None, None)).changed
+    assert (await fetch(client, "good", None, None)).changed
     # sessions that worked, failing one after the other: the app as a whole is unwell
     for sid in ("a", "b", "c"):
-        assert (await client.fetch_state(sid, None, None)).changed
+        assert (await fetch(client, sid, None, None)).changed
     for sid in ("a", "b", "c"):
         scripted.script[f"/api/sessions/{sid}"] = [500]
     for sid in ("a", "b", "bad", "b"):
         with pytest.raises(UpstreamFailed):
-            await client.fetch_state(sid, None, None)
+            await fetch(client, sid, None, None)
     assert client.breaker_state() == "closed", "two sessions that worked (threshold 3)"
     with pytest.raises(UpstreamFailed):
-        await client.fetch_state("c", None, None)
+        await fetch(client, "c", None, None)
     assert client.breaker_state() == "open"
 
 

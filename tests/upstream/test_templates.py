@@ -25,7 +25,8 @@ def test_lone_placeholder_keeps_json_type():
 
 def test_text_interpolation_and_lists():
     assert render_json({"m": "hi {params.name}, {payload.vote}!"}, CTX) == {"m": "hi Alice, 5!"}
-    assert render_json(["{userId}", 3, "{payload.missing?}"], CTX) == ["u/1", 3]
+    # in an array a missing optional value is null: positions never shift
+    assert render_json(["{userId}", "{payload.missing?}", 3], CTX) == ["u/1", None, 3]
     assert render_json({"x": "{payload.nested}"}, CTX) == {"x": {"x": [1, 2]}}
     assert render_json({"x": "v={payload.nested}"}, CTX) == {"x": 'v={"x":[1,2]}'}
     assert render_json(None, CTX) is None
@@ -74,3 +75,43 @@ def test_compile_errors(template, message):
 
 def test_compile_accepts_valid_templates():
     compile_template({"a": "{payload.x?}", "b": ["{userId}", 1, None], "c": "/{clientId}"})
+
+
+def test_arrays_keep_their_positions():
+    ctx = {**CTX, "user": {"pid": "p-1"}, "session": {"round": 3}}
+    assert render_json(["{sessionId}", "{user.pid}", "{payload.vote?}"], ctx) == ["s 1", "p-1", 5]
+    assert render_json(["{sessionId}", "{payload.score?}", "{user.pid}"], ctx) == [
+        "s 1",
+        None,
+        "p-1",
+    ]
+    assert render_json(["{payload.note?}", "{session.round}"], ctx) == [None, 3]
+    assert render_json([["{payload.gone?}"], {"k": "{payload.gone?}"}], ctx) == [[None], {}]
+
+
+def test_query_header_and_form_values_are_text():
+    from bridge.exceptions import UnsafeValue
+    from bridge.upstream.templates import render_fields, render_text
+
+    ctx = {**CTX, "user": {"appId": "a b&c"}}
+    assert render_text("{user.appId}", ctx, "q") == "a b&c"  # encoded by the HTTP client
+    assert render_text("{payload.vote}", ctx, "q") == "5"
+    assert render_text("{payload.nested}", ctx, "q") == '{"x":[1,2]}'
+    assert render_text("{params.nick?}", ctx, "q") is None  # its key is left out
+    assert render_text("x{params.nick?}", ctx, "q") == "x"
+    assert render_fields({"a": "{userId}", "b": "{params.nick?}", "c": "k"}, ctx, "query") == [
+        ("a", "u/1"), ("c", "k"),
+    ]  # fmt: skip
+    with pytest.raises(MissingValue):
+        render_text("{user.nope}", ctx, "q")
+    for evil in ("a\r\nX-Injected: 1", "a\nb", "a\x00b", "a\rb"):
+        with pytest.raises(UnsafeValue, match="control character"):
+            render_fields({"X-Name": "{params.name}"}, {**ctx, "params": {"name": evil}}, "header")
+
+
+def test_user_and_session_roots_need_a_field():
+    compile_template("{user.appId} {session.round}")
+    with pytest.raises(TemplateError, match="needs a field name"):
+        compile_template("{user}")
+    with pytest.raises(TemplateError, match="needs a field name"):
+        compile_template({"a": ["{session}"]})

@@ -39,8 +39,9 @@ import random
 import secrets
 import socket
 import time
-from collections.abc import Awaitable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -68,6 +69,12 @@ OUTAGE = (RedisError, OSError, TimeoutError, BackplaneUnavailable)
 _NEW = SharedNew()
 
 
+#: a waiter's place in a session's command gate lasts this long unless renewed
+GATE_WAIT_MS = 3000
+#: waiters look again this often even when no instance said the gate moved
+GATE_RECHECK = 0.5
+
+
 @dataclass(eq=False)
 class Follower:
     """This instance's view of one session it serves."""
@@ -88,6 +95,8 @@ class Follower:
     #: itself, under a local epoch (until the next reload)
     diverged: bool = False
     syncing: asyncio.Task[None] | None = None
+    #: set when some instance left the session's command gate
+    gate_moved: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 class RedisBackplane:
@@ -453,6 +462,9 @@ class RedisBackplane:
         f = self.followers.get(session_id) if session_id is not None else None
         if f is None:
             return
+        if msg["data"] in (b"gate", "gate"):
+            f.gate_moved.set()
+            return
         if f.loading or f.syncing is not None:
             f.dirty = True
             return
@@ -795,6 +807,78 @@ class RedisBackplane:
         except OUTAGE as exc:
             self.metrics.backplane_errors.labels("presence").inc()
             log.warning("presence of session %s not published: %s", session.id, exc)
+
+    async def context(
+        self, session: SessionView, user: str
+    ) -> tuple[dict[str, Any], dict[str, Any]] | None:
+        k = self._keys(session)
+        try:
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.hget(k.users, user)
+            pipe.hgetall(k.context)
+            pipe.pexpire(k.context, self._ttl_ms())
+            stored, shared_raw, _ = await _execute(pipe)
+        except OUTAGE as exc:
+            self.metrics.backplane_errors.labels("context").inc()
+            log.warning("captured values of session %s not read: %s", session.id, exc)
+            return None
+        values: dict[str, Any] = {}
+        ctx = _ctx(stored)
+        if ctx is not None and isinstance(ctx.get("values"), dict):
+            values = ctx["values"]
+        shared = {}
+        for key, raw in shared_raw.items():
+            with contextlib.suppress(ValueError):
+                shared[text(key)] = json.loads(raw)
+        return values, shared
+
+    async def remember(
+        self, session: SessionView, user: str | None, values: dict[str, Any],
+        shared: dict[str, Any],
+    ) -> None:  # fmt: skip
+        k = self._keys(session)
+        try:
+            if user is not None and values:
+                await self.scripts.remember(k, user=user, values=json.dumps(values))
+            if shared:
+                pipe = self.redis.pipeline(transaction=True)
+                pipe.hset(k.context, mapping={key: json.dumps(v) for key, v in shared.items()})
+                pipe.pexpire(k.context, self._ttl_ms())
+                await _execute(pipe)
+        except OUTAGE as exc:
+            self.metrics.backplane_errors.labels("context").inc()
+            raise BackplaneUnavailable(f"redis: {exc}") from exc
+
+    @asynccontextmanager
+    async def command_slot(self, session: SessionView) -> AsyncIterator[None]:
+        """The session's command gate across instances (upstream.session_concurrency):
+        queued in Redis in arrival order. Redis unreachable: this instance's gate only."""
+        f = self.followers.get(session.id)
+        token: str | None = None
+        if f is not None and self.healthy:
+            token = f"{self.instance}:{secrets.token_hex(6)}"
+            limit = self.config.upstream.session_concurrency
+            try:
+                while True:
+                    f.gate_moved.clear()
+                    if await self.scripts.gate(
+                        f.keys, token=token, limit=limit, hold_ms=self._pending_ms(),
+                        wait_ms=GATE_WAIT_MS, ttl_ms=self._ttl_ms(),
+                    ):  # fmt: skip
+                        break
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(f.gate_moved.wait(), GATE_RECHECK)
+            except OUTAGE as exc:
+                self.metrics.backplane_errors.labels("gate").inc()
+                log.warning("redis command gate unavailable (%s): this instance's only", exc)
+            except BaseException:
+                self._fire(self.scripts.ungate(f.keys, token=token), "leaving the command gate")
+                raise
+        try:
+            yield
+        finally:
+            if token is not None and f is not None:
+                self._fire(self.scripts.ungate(f.keys, token=token), "leaving the command gate")
 
     async def begin_command(
         self, session: SessionView, user: str, command_id: str

@@ -15,6 +15,12 @@ class Keys:
     presence: str
     users: str
     lease: str
+    #: values captured for the session (``{session.NAME}``)
+    context: str
+    #: the command gate (upstream.session_concurrency): queue, liveness, tickets
+    gate: str
+    gate_alive: str
+    gate_tickets: str
     channel: str
     cmd_prefix: str
 
@@ -28,6 +34,10 @@ class Keys:
             presence=base + "presence",
             users=base + "users",
             lease=base + "lease",
+            context=base + "context",
+            gate=base + "gate",
+            gate_alive=base + "gate:alive",
+            gate_tickets=base + "gate:tickets",
             channel=base + "events",
             cmd_prefix=base + "cmd:",
         )

@@ -103,7 +103,17 @@ _CLAIM = (
 -- KEYS presence users; ARGV user grace_ms context ttl → 1 when the user was absent
 local was = redis.call('ZSCORE', KEYS[1], ARGV[1])
 redis.call('ZADD', KEYS[1], 'GT', string.format('%d', now_ms() + tonumber(ARGV[2])), ARGV[1])
-redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
+local context = ARGV[3]
+local old = redis.call('HGET', KEYS[2], ARGV[1])
+if old then  -- values captured for the user (by any instance) stay with them
+  local prev = cjson.decode(old)
+  if type(prev['values']) == 'table' then
+    local new = cjson.decode(context)
+    new['values'] = prev['values']
+    context = cjson.encode(new)
+  end
+end
+redis.call('HSET', KEYS[2], ARGV[1], context)
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
 redis.call('PEXPIRE', KEYS[2], ARGV[4])
 if was then return 0 end
@@ -209,6 +219,53 @@ def parse_presence(answer: Any) -> PresenceAnswer:
     return PresenceAnswer(text(answer[0]), int(answer[1]), int(answer[2]), gone)
 
 
+#: Merge values captured for a user into their stored context (if they are still there).
+#: KEYS users · ARGV user, values (a JSON object)
+_REMEMBER = """
+local raw = redis.call('HGET', KEYS[1], ARGV[1])
+if not raw then return 0 end
+local ctx = cjson.decode(raw)
+local values = ctx['values']
+if type(values) ~= 'table' then values = {} end
+for k, v in pairs(cjson.decode(ARGV[2])) do values[k] = v end
+ctx['values'] = values
+redis.call('HSET', KEYS[1], ARGV[1], cjson.encode(ctx))
+return 1
+"""
+
+#: A session's command gate across instances: at most ``limit`` tokens at the
+#: head of the queue (ordered by ticket) may go upstream. Tokens whose holder or
+#: waiter stopped renewing them are dropped.
+#: KEYS queue, alive, tickets · ARGV token, limit, hold_ms, wait_ms, ttl_ms
+_GATE = """
+local now = redis.call('TIME')
+local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+local dead = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now_ms)
+for _, m in ipairs(dead) do
+  redis.call('ZREM', KEYS[1], m)
+  redis.call('ZREM', KEYS[2], m)
+end
+if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then
+  redis.call('ZADD', KEYS[1], redis.call('INCR', KEYS[3]), ARGV[1])
+end
+local rank = redis.call('ZRANK', KEYS[1], ARGV[1])
+local granted = rank < tonumber(ARGV[2])
+local keep = granted and ARGV[3] or ARGV[4]
+redis.call('ZADD', KEYS[2], now_ms + tonumber(keep), ARGV[1])
+for i = 1, 3 do redis.call('PEXPIRE', KEYS[i], ARGV[5]) end
+if granted then return 1 end
+return 0
+"""
+
+#: Leave the gate and wake the waiters of every instance. KEYS queue, alive · ARGV token, channel
+_UNGATE = """
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('PUBLISH', ARGV[2], 'gate')
+return 1
+"""
+
+
 class Scripts:
     """The scripts, registered on one client."""
 
@@ -220,6 +277,27 @@ class Scripts:
         self._lease = redis.register_script(_LEASE)
         self._delete_if = redis.register_script(_DELETE_IF)
         self._swap = redis.register_script(_SWAP)
+        self._remember = redis.register_script(_REMEMBER)
+        self._gate = redis.register_script(_GATE)
+        self._ungate = redis.register_script(_UNGATE)
+
+    async def remember(self, k: Keys, *, user: str, values: str) -> bool:
+        """Merge captured ``values`` (JSON) into the user's stored context."""
+        return bool(await self._remember(keys=[k.users], args=[user, values]))
+
+    async def gate(
+        self, k: Keys, *, token: str, limit: int, hold_ms: int, wait_ms: int, ttl_ms: int
+    ) -> bool:
+        """Queue ``token`` (once) for the session's command gate; True when it may go."""
+        granted = await self._gate(
+            keys=[k.gate, k.gate_alive, k.gate_tickets],
+            args=[token, limit, hold_ms, wait_ms, ttl_ms],
+        )
+        return bool(granted)
+
+    async def ungate(self, k: Keys, *, token: str) -> None:
+        """Leave the gate (and wake the waiters of every instance)."""
+        await self._ungate(keys=[k.gate, k.gate_alive], args=[token, k.channel])
 
     async def publish_state(
         self, k: Keys, *, payload: str, digest: str, fence: str | None, must_exist: bool,
