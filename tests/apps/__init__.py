@@ -1,0 +1,1 @@
+"""Test backends shaped like open-source planning-poker apps (our own code)."""
