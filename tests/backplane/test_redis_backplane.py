@@ -233,3 +233,50 @@ async def test_admin_shows_which_instance_polls_a_session(make_stack, redis_serv
             assert r.status == 200
             polls.append((await r.json())["upstream"]["pollsHere"])
     assert sorted(polls) == [False, True]  # one lease, one poller
+
+
+async def test_a_command_gate_holder_that_died_is_dropped(make_stack, redis_server):
+    a, _ = await pair(make_stack, redis_server)
+    client = await a.connect("gated", "u1")
+    bp = backplane(a)
+    k = Keys.of(bp.cfg.prefix, "gated")
+    r = aioredis.Redis.from_url(redis_server.url)
+    try:
+        await eventually_async(lambda: r.zcard(k.gate), 0)  # the join has left the gate
+        # an instance took the session's gate and died: it never renews nor releases it
+        assert await bp.scripts.gate(k, token="dead:1", limit=1, keep_ms=2000, ttl_ms=60_000)
+        started = time.monotonic()
+        ack = await client.command("vote", {"vote": 3}, timeout=10)
+        waited = time.monotonic() - started
+        assert ack["status"] == "ok", ack
+        assert 1.5 <= waited <= 4.0, waited  # it waited for the dead holder's place to lapse
+        await eventually_async(lambda: r.zcard(k.gate), 0)  # nothing left behind
+        assert await r.zcard(k.gate_alive) == 0
+    finally:
+        await r.aclose()
+    await client.close()
+
+
+async def test_a_slow_command_keeps_its_place_in_the_gate(make_stack, redis_server):
+    a, b = await pair(make_stack, redis_server, upstream={"timeout": "6s"})
+    ca = await a.connect("slow", "u1")
+    cb = await b.connect("slow", "u2")
+    async with a.http.post(a.backend_server.make_url("/_demo/faults"), json={
+            "stall": 4.0, "stallPaths": ["/api/sessions/slow/votes/u1"]}) as r:  # fmt: skip
+        assert r.status == 200
+    first = asyncio.ensure_future(ca.command("vote", {"vote": 1}, timeout=10))
+    await asyncio.sleep(0.3)
+    second = await cb.command("vote", {"vote": 2}, timeout=10)
+    assert (await first)["status"] == "ok" and second["status"] == "ok"
+    # u2's vote reached the app after u1's was done (4 s upstream), though a place in
+    # the gate lapses after 3 s unless its holder renews it
+    assert [c["path"].rsplit("/", 1)[1] for c in a.commands("/votes/")] == ["u1", "u2"]
+    await ca.close()
+    await cb.close()
+
+
+async def eventually_async(fetch, expected, timeout: float = 3.0) -> None:
+    deadline = time.monotonic() + timeout
+    while (value := await fetch()) != expected:
+        assert time.monotonic() < deadline, f"{value} != {expected}"
+        await asyncio.sleep(0.05)

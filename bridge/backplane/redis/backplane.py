@@ -852,22 +852,19 @@ class RedisBackplane:
     @asynccontextmanager
     async def command_slot(self, session: SessionView) -> AsyncIterator[None]:
         """The session's command gate across instances (upstream.session_concurrency):
-        queued in Redis in arrival order. Redis unreachable: this instance's gate only."""
+        queued in Redis in arrival order; the holder renews its place while its
+        request is out, so an instance that dies frees the gate within
+        GATE_WAIT_MS. Redis unreachable: this instance's gate only."""
         f = self.followers.get(session.id)
         token: str | None = None
-        if f is not None and self.healthy:
+        renew: asyncio.Task[None] | None = None
+        if f is not None and not self._down:  # (also while starting: only a failure is an outage)
             token = f"{self.instance}:{secrets.token_hex(6)}"
-            limit = self.config.upstream.session_concurrency
             try:
-                while True:
-                    f.gate_moved.clear()
-                    if await self.scripts.gate(
-                        f.keys, token=token, limit=limit, hold_ms=self._pending_ms(),
-                        wait_ms=GATE_WAIT_MS, ttl_ms=self._ttl_ms(),
-                    ):  # fmt: skip
-                        break
+                while not await self._gate(f, token):
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(f.gate_moved.wait(), GATE_RECHECK)
+                renew = f.tasks.spawn(self._hold_gate(f, token), "holding the command gate")
             except OUTAGE as exc:
                 self.metrics.backplane_errors.labels("gate").inc()
                 log.warning("redis command gate unavailable (%s): this instance's only", exc)
@@ -877,8 +874,24 @@ class RedisBackplane:
         try:
             yield
         finally:
+            if renew is not None:
+                renew.cancel()
             if token is not None and f is not None:
                 self._fire(self.scripts.ungate(f.keys, token=token), "leaving the command gate")
+
+    async def _gate(self, f: Follower, token: str) -> bool:
+        f.gate_moved.clear()
+        return await self.scripts.gate(
+            f.keys, token=token, limit=self.config.upstream.session_concurrency,
+            keep_ms=GATE_WAIT_MS, ttl_ms=self._ttl_ms(),
+        )  # fmt: skip
+
+    async def _hold_gate(self, f: Follower, token: str) -> None:
+        """Renew the holder's place (an outage only skips a renewal)."""
+        while True:
+            await asyncio.sleep(GATE_WAIT_MS / 3000)
+            with contextlib.suppress(*OUTAGE):
+                await self._gate(f, token)
 
     async def begin_command(
         self, session: SessionView, user: str, command_id: str

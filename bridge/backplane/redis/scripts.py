@@ -236,7 +236,7 @@ return 1
 #: A session's command gate across instances: at most ``limit`` tokens at the
 #: head of the queue (ordered by ticket) may go upstream. Tokens whose holder or
 #: waiter stopped renewing them are dropped.
-#: KEYS queue, alive, tickets · ARGV token, limit, hold_ms, wait_ms, ttl_ms
+#: KEYS queue, alive, tickets · ARGV token, limit, keep_ms, ttl_ms
 _GATE = """
 local now = redis.call('TIME')
 local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
@@ -250,9 +250,8 @@ if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then
 end
 local rank = redis.call('ZRANK', KEYS[1], ARGV[1])
 local granted = rank < tonumber(ARGV[2])
-local keep = granted and ARGV[3] or ARGV[4]
-redis.call('ZADD', KEYS[2], now_ms + tonumber(keep), ARGV[1])
-for i = 1, 3 do redis.call('PEXPIRE', KEYS[i], ARGV[5]) end
+redis.call('ZADD', KEYS[2], now_ms + tonumber(ARGV[3]), ARGV[1])
+for i = 1, 3 do redis.call('PEXPIRE', KEYS[i], ARGV[4]) end
 if granted then return 1 end
 return 0
 """
@@ -285,13 +284,11 @@ class Scripts:
         """Merge captured ``values`` (JSON) into the user's stored context."""
         return bool(await self._remember(keys=[k.users], args=[user, values]))
 
-    async def gate(
-        self, k: Keys, *, token: str, limit: int, hold_ms: int, wait_ms: int, ttl_ms: int
-    ) -> bool:
-        """Queue ``token`` (once) for the session's command gate; True when it may go."""
+    async def gate(self, k: Keys, *, token: str, limit: int, keep_ms: int, ttl_ms: int) -> bool:
+        """Queue ``token`` (once) for the session's command gate, its place kept for
+        ``keep_ms`` (renew it); True when it may go."""
         granted = await self._gate(
-            keys=[k.gate, k.gate_alive, k.gate_tickets],
-            args=[token, limit, hold_ms, wait_ms, ttl_ms],
+            keys=[k.gate, k.gate_alive, k.gate_tickets], args=[token, limit, keep_ms, ttl_ms]
         )
         return bool(granted)
 
