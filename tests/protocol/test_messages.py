@@ -27,6 +27,19 @@ def test_welcome_shape_matches_protocol():
     }  # fmt: skip
 
 
+def test_welcome_carries_the_users_captured_context_only_when_there_is_one():
+    args = dict(client_id="c", resume_token="t", epoch="e", seq=0, resumed=False,
+                heartbeat=(25.0, 60.0), transports=["poll"],
+                reconnect={"initial": 1.0, "max": 30.0, "factor": 2.0, "jitter": 0.5,
+                           "upgrade_interval": 60.0})  # fmt: skip
+    context = {"appId": "7411"}
+    w = m.welcome(**args, context=context)
+    assert w["context"] == {"appId": "7411"} and w["context"] is not context  # a copy
+    assert "context" not in m.welcome(**args, context={})
+    assert "context" not in m.welcome(**args, context=None)
+    assert "context" not in m.welcome(**args)
+
+
 def test_acks_errors_and_control():
     assert m.ack_ok("1") == {"type": "ack", "id": "1", "status": "ok"}
     assert m.failure("rate_limited", "slow down", "2") == {
