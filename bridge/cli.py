@@ -318,7 +318,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     headers = {}
     for h in args.header:
         name, _, value = h.partition(":")
-        if name.strip().lower() in cfg.upstream.forward_headers:
+        if name.strip().lower() in {f.lower() for f in cfg.upstream.forward_headers}:
             headers[name.strip()] = value.strip()
         else:
             print(f"note: --header {name.strip()} is not in upstream.forward_headers: not sent")

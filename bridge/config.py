@@ -248,6 +248,15 @@ class Upstream:
     #: the most of an answer the bridge reads (a longer one is a failure)
     max_response: PositiveSize = 8 * 1024 * 1024
 
+    @property
+    def uses_captures(self) -> bool:
+        """Whether any route captures values (then they are shared through the backplane)."""
+        state = self.state
+        routes: list[Route] = [*self.commands.values(), state, *(state.parts or {}).values()]
+        if self.keepalive is not None:
+            routes.append(self.keepalive)
+        return any(r.capture is not None for r in routes)
+
 
 @dataclass(frozen=True)
 class Heartbeat:
@@ -608,6 +617,19 @@ def _build(cls: type[Any], data: Mapping[str, Any], path: str, problems: list[st
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 
 
+def _roots(template: Any) -> set[str]:
+    """The placeholder roots a template uses (``{user.appId}`` → ``user``)."""
+    from .upstream.templates import PLACEHOLDER
+
+    if isinstance(template, str):
+        return {m.group(1).split(".")[0] for m in PLACEHOLDER.finditer(template)}
+    if isinstance(template, Mapping):
+        return set().union(*(_roots(v) for v in template.values()))
+    if isinstance(template, list | tuple):
+        return set().union(*(_roots(v) for v in template))
+    return set()
+
+
 def _check_header(where: str, name: str, value: str, problems: list[str]) -> None:
     from .exceptions import TemplateError
     from .upstream.templates import compile_template
@@ -629,8 +651,13 @@ def _check_route(where: str, route: Route, base_dir: str | None, problems: list[
 
     if not route.path.startswith("/"):
         problems.append(f"{where}.path: must start with '/', got {route.path!r}")
-    if "?" in route.path.split("{")[0] or "#" in route.path:
+    from .upstream.templates import PLACEHOLDER
+
+    literal = PLACEHOLDER.sub("", route.path)
+    if "?" in literal or "#" in literal:
         problems.append(f"{where}.path: put query values under {where}.query")
+    if any(seg in (".", "..") for seg in literal.split("/")):
+        problems.append(f"{where}.path: no '.' or '..' segments")
     for key in ("path", "json", "form", "query"):
         try:
             compile_template(dict(value) if isinstance(value := getattr(route, key), Mapping)
@@ -676,9 +703,17 @@ def _check_semantics(cfg: Config, problems: list[str]) -> None:
     if state.parts is not None:
         if not state.parts:
             problems.append("upstream.state.parts: name at least one part")
-        if state.path != StateRoute.path or state.query or state.json is not None:
+        own = [key for key, given in (
+            ("path", state.path != StateRoute.path), ("query", bool(state.query)),
+            ("json", state.json is not None), ("form", state.form is not None),
+            ("headers", bool(state.headers)), ("select", state.select is not None),
+            ("decode", state.decode is not None), ("capture", state.capture is not None),
+            ("reject_when", state.reject_when is not None), ("method", state.method != "GET"),
+        ) if given]  # fmt: skip
+        if own:
             problems.append(
-                "upstream.state: give either path (with query, json …) or parts, not both"
+                f"upstream.state: give either parts or {', '.join(own)} (each part has its "
+                "own), not both"
             )
         for name, part in state.parts.items():
             routes[f"upstream.state.parts.{name}"] = part
@@ -688,6 +723,20 @@ def _check_semantics(cfg: Config, problems: list[str]) -> None:
         routes["upstream.keepalive"] = cfg.upstream.keepalive
     for key, value in cfg.upstream.headers.items():
         _check_header(f"upstream.headers.{key}", key, value, problems)
+    if state.as_ != "present_user":  # the state request is nobody's: no user's values
+        state_routes = {w: r for w, r in routes.items() if w.startswith("upstream.state")}
+        templated = {f"{w}.{key}": getattr(r, key) for w, r in state_routes.items()
+                     for key in ("path", "query", "headers", "json", "form")}  # fmt: skip
+        templated.update({f"upstream.headers.{k}": v for k, v in cfg.upstream.headers.items()})
+        for where, template in templated.items():
+            used = _roots(template) & {"userId", "clientId", "params", "user", "payload"}
+            if used:
+                names = ", ".join("{" + r + ("" if r in ("userId", "clientId") else ".…") + "}"
+                                  for r in sorted(used))  # fmt: skip
+                problems.append(
+                    f"{where}: {names} has no value in a state request; set "
+                    "upstream.state.as: present_user (or template it on the routes that need it)"
+                )
     for where, route in routes.items():
         _check_route(where, route, cfg.base_dir, problems)
         if where.startswith("upstream.state") and route.capture and route.capture.user:

@@ -58,6 +58,10 @@ class SessionView(Protocol):
     def users_here(self) -> list[str]:
         """Present users with a live transport to this instance."""
 
+    def users_kept(self) -> list[str]:
+        """The users this instance keeps present (users_here, and those whose join
+        is in progress here)."""
+
     def online(self) -> list[str]:
         """Present users as this instance knows them (sorted)."""
 

@@ -262,11 +262,12 @@ class Commands:
         cid = cmd.id or ""
         session.inflight += 1
         try:
-            await self.membership.load_context(session, conn.user_id)
             async with self.membership.slot(session):
+                # what other instances captured up to the request before this one
+                await self.membership.load_context(session, conn.user_id)
                 ctx = context_of(session, conn.user_id, conn.client_id, conn.params, cmd.payload)
                 resp = await self._request_or_hold(session, cmd.type, route, ctx, conn.headers)
-            await self.membership.remember(session, conn.user_id, resp.captured)
+                await self.membership.remember(session, conn.user_id, resp.captured)
         except RenderError as exc:
             return m.ack_error(cid, "bad_message", str(exc))
         except UpstreamError as exc:

@@ -25,7 +25,7 @@ from contextlib import asynccontextmanager
 from typing import Any, Literal
 
 from ..backplane import Backplane
-from ..config import Config, Route
+from ..config import Config
 from ..exceptions import (
     BackplaneUnavailable,
     JoinRefused,
@@ -77,11 +77,7 @@ def context_of(
 
 def uses_captures(cfg: Config) -> bool:
     """Whether any route captures values (then they are shared through the backplane)."""
-    up = cfg.upstream
-    routes: list[Route] = [*up.commands.values(), up.state, *(up.state.parts or {}).values()]
-    if up.keepalive is not None:
-        routes.append(up.keepalive)
-    return any(r.capture is not None for r in routes)
+    return cfg.upstream.uses_captures
 
 
 class Membership:
@@ -145,13 +141,13 @@ class Membership:
         uncertain = False
         try:
             if route is not None:
-                await self.load_context(session, user_id)
-                ctx = context_of(session, user_id, client_id, req.params, {})
                 async with self.slot(session):
+                    await self.load_context(session, user_id)
+                    ctx = context_of(session, user_id, client_id, req.params, {})
                     uncertain = True
                     resp = await self.upstream.request("join", route, ctx, req.headers)
                     uncertain = False
-                await self.remember(session, user_id, resp.captured)
+                    await self.remember(session, user_id, resp.captured)
         except BaseException as exc:
             sure_not = isinstance(exc, UpstreamRejected | UpstreamUnavailable | RenderError)
             if uncertain and not sure_not:
@@ -278,10 +274,14 @@ class Membership:
         self.sessions.schedule(session)
 
     async def left(self, session: Session, user: str) -> None:
-        """An explicit leave was forwarded: the user is gone now, everywhere."""
+        """An explicit leave was forwarded: the user is gone now, everywhere (and
+        what was captured for them with them)."""
         entry = session.hub.leave(user, time.monotonic())
         if entry is not None:
             self.fanout.broadcast(session, entry)
+        session.values.pop(user, None)
+        if not any(c.user_id == user for c in session.conns.values()):
+            session.users.pop(user, None)
         await self.backplane.left(session, user)
         self.sessions.schedule(session)
 
@@ -324,13 +324,16 @@ class Membership:
             params: Mapping[str, str] = ctx_user.params if ctx_user else {}
             headers: Mapping[str, str] = ctx_user.headers if ctx_user else {}
             client = ctx_user.client_id if ctx_user else ""
-            ctx = context_of(session, user, client, params, {})
             if name == "leave":
                 async with self.slot(session):
+                    await self.load_context(session, user)
+                    ctx = context_of(session, user, client, params, {})
                     resp = await self.upstream.request(name, route, ctx, headers)
+                    await self.remember(session, user, resp.captured)
             else:
+                ctx = context_of(session, user, client, params, {})
                 resp = await self.upstream.request(name, route, ctx, headers)
-            await self.remember(session, user, resp.captured)
+                await self.remember(session, user, resp.captured)
         except (UpstreamError, RenderError) as exc:
             log.warning("%s for a user of session %s failed: %s", name, session.id, exc)
         finally:

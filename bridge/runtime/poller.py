@@ -35,15 +35,13 @@ from ..exceptions import (
 from ..metrics import Metrics
 from ..protocol.values import problem
 from ..upstream.client import StateResult, UpstreamClient
-from .membership import context_of
+from .membership import context_of, uses_captures
 from .session import PartState, Session
 from .sessions import Sessions
 
 log = logging.getLogger("bridge.runtime")
 
 MAX_BACKOFF = 30.0
-#: the longest a connect waits for a new session's first state fetch
-CHECK_WAIT = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,6 +146,8 @@ class Poller:
         """One state request (or one of each part due); None when nobody is usable.
         Raises UpstreamError and RenderError (every part failing)."""
         state = self.cfg.upstream.state
+        if self.backplane.shared and uses_captures(self.cfg):
+            await self._refresh_context(session, who)
         found = self._context(session, who)
         if found is None:
             return None
@@ -185,17 +185,27 @@ class Poller:
                 continue
             ps.failures, ps.next_at = 0, 0.0
             await self._keep(session, answer)
-            if answer.changed:
+            if answer.changed:  # an answer, not a 304 (the backplane says if it changed)
                 ps.etag, ps.last_modified = answer.etag, answer.last_modified
-                if not ps.fetched or answer.payload != ps.value:
-                    changed = True
                 ps.value, ps.fetched = answer.payload, True
+                changed = True
         if errors and len(errors) == len(due):
             raise errors[0]
-        if not changed:
+        if not changed and not session.unpublished:  # (not published: send it again)
             return StateResult(False)
         return StateResult(True, {name: session.parts.setdefault(name, PartState()).value
                                   for name in state.parts})  # fmt: skip
+
+    async def _refresh_context(self, session: Session, who: Who | None) -> None:
+        """What other instances captured (for the session, and for the user the
+        state request is sent as), before each round."""
+        user = who.user if who is not None else (self._user_for(session) or "")
+        found = await self.backplane.context(session, user)
+        if found is not None:
+            values, shared = found
+            if values and user:
+                session.values.setdefault(user, {}).update(values)
+            session.shared.update(shared)
 
     async def _keep(self, session: Session, result: StateResult) -> None:
         """Session values captured from a state answer."""
@@ -212,18 +222,17 @@ class Poller:
     async def check(self, session: Session, who: Who) -> bool:
         """Before the first client of a session is admitted here: False when the
         app says the session does not exist (its first state fetch answers 404
-        or 410). Shared by concurrent connects; an answer of any other kind (or
-        none within :data:`CHECK_WAIT`) lets them in. A session whose log
-        already has entries is known."""
+        or 410). Shared by concurrent connects, and waited for (within the
+        handshake's own timeout), so no client is let into a session the app
+        then says is unknown; an answer of any other kind lets them in. A
+        session whose log already has entries is known."""
+        if session.hub.log.head > 0:
+            return True
         if session.checked is None:
-            if session.hub.log.head > 0:
-                return True
             session.checked = asyncio.get_running_loop().create_future()
             session.tasks.spawn(self._first_fetch(session, who, session.checked),
                                 "fetching a new session's state")  # fmt: skip
-        with contextlib.suppress(TimeoutError):
-            return await asyncio.wait_for(asyncio.shield(session.checked), CHECK_WAIT)
-        return True
+        return await asyncio.shield(session.checked)
 
     async def _first_fetch(self, session: Session, who: Who, known: asyncio.Future[bool]) -> None:
         try:

@@ -113,6 +113,12 @@ class Session:
         presence = self.hub.presence
         return [u for u in presence.online() if presence.clients_of(u)]
 
+    def users_kept(self) -> list[str]:
+        """Users this instance keeps present: those with a live transport here, and
+        those whose join is in progress here (waiting in the session's gate, say)."""
+        here = self.users_here()
+        return here + [u for u in self.joining if u not in here]
+
     def online(self) -> list[str]:
         return self.hub.presence.online()
 

@@ -270,6 +270,12 @@ class Sessions:
             return
         del session.conns[conn.client_id]
         session.hub.detach(conn.client_id, time.monotonic())
+        user = conn.user_id
+        if not session.hub.presence.is_present(user) and not any(
+            c.user_id == user for c in session.conns.values()
+        ):  # gone after an explicit leave: no grace, nothing of theirs is kept
+            session.users.pop(user, None)
+            session.values.pop(user, None)
         self.schedule(session)
         if self.cfg.logging.debug:
             log.info(

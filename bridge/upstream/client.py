@@ -33,6 +33,8 @@ from typing import Any
 from urllib.parse import urlencode
 
 import aiohttp
+from multidict import CIMultiDict
+from yarl import URL
 
 from ..config import Route, StatePart, StateRoute, Upstream
 from ..core.breaker import STATE_VALUES, CircuitBreaker
@@ -76,7 +78,7 @@ class Prepared:
     method: str
     path: str
     query: list[tuple[str, str]]
-    headers: dict[str, str]
+    headers: CIMultiDict[str]
     data: bytes | None
 
 
@@ -167,7 +169,7 @@ class UpstreamClient:
         try:
             async with self.http.request(
                 req.method,
-                self.base + req.path,
+                URL(self.base + req.path, encoded=True),
                 params=req.query or None,
                 data=req.data,
                 headers=req.headers,
@@ -211,7 +213,7 @@ class UpstreamClient:
         Raises RenderError."""
         path = render_path(route.path, ctx)
         query = render_fields(route.query, ctx, f"{name} query") if route.query else []
-        headers: dict[str, str] = {}
+        headers: CIMultiDict[str] = CIMultiDict()
         if self.cfg.headers:
             headers.update(render_fields(self.cfg.headers, ctx, "header"))
         if forwarded:
@@ -220,7 +222,7 @@ class UpstreamClient:
             headers.update(render_fields(route.headers, ctx, "header"))
         data: bytes | None = None
         if route.form is not None:
-            data = urlencode(render_fields(route.form, ctx, f"{name} form")).encode()
+            data = urlencode(render_fields(route.form, ctx, f"{name} form", line=False)).encode()
             headers.setdefault("Content-Type", "application/x-www-form-urlencoded")
         elif route.json is not None:
             body = render_json(route.json, ctx)
@@ -377,8 +379,9 @@ class UpstreamClient:
             extra["If-None-Match"] = etag
         if last_modified:
             extra["If-Modified-Since"] = last_modified
-        if "Accept" not in route.headers and route.decode is None:
-            extra.setdefault("Accept", "application/json")
+        named = {k.lower() for k in (*route.headers, *self.cfg.headers)}
+        if "accept" not in named and route.decode is None:
+            extra["Accept"] = "application/json"
         resp = await self.request(name, route, ctx, forwarded, extra)
         if resp.status == 304:
             return StateResult(False, etag=etag, last_modified=last_modified)

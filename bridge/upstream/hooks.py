@@ -8,8 +8,12 @@ there), then on ``sys.path``; a missing module or function is a config error
 naming the key (:func:`resolve`, called by ``check-config`` and at start).
 
 Hooks run on a small thread pool of their own (:func:`run`), so a slow one
-never stalls the event loop; one that takes over :data:`HOOK_TIMEOUT`, or
-raises anything but ``ValueError``, is a counted failure, never a crash.
+never stalls the event loop; one that takes over :data:`HOOK_TIMEOUT` once
+a thread runs it (a wait for a free thread does not count, up to
+:data:`HOOK_QUEUE_WAIT`), or raises anything but ``ValueError``, is a counted
+failure, never a crash. A thread cannot be stopped: a hook that never returns
+holds one for good (said by its failure; with all of them held, every hook
+fails until a restart).
 """
 
 from __future__ import annotations
@@ -29,7 +33,9 @@ from ..exceptions import BridgeError
 #: the longest a decode hook may take
 HOOK_TIMEOUT = 0.1
 #: threads running hooks (a hook stuck for good holds one)
-HOOK_THREADS = 4
+HOOK_THREADS = 8
+#: the longest a hook waits for a free thread
+HOOK_QUEUE_WAIT = 1.0
 
 Hook = Callable[[int, Mapping[str, str], bytes], Any]
 
@@ -103,9 +109,31 @@ def _executor() -> ThreadPoolExecutor:
 
 async def run(hook: Hook, status: int, headers: Mapping[str, str], body: bytes) -> Any:
     """Call a hook off the event loop. Its ValueError passes through (the answer
-    cannot be used); anything else, or a run over HOOK_TIMEOUT, is HookFailed."""
+    cannot be used); anything else, a run over HOOK_TIMEOUT (counted from when a
+    thread starts it), or no thread free within HOOK_QUEUE_WAIT is HookFailed."""
     loop = asyncio.get_running_loop()
-    future = loop.run_in_executor(_executor(), hook, status, dict(headers), body)
+    started: asyncio.Future[None] = loop.create_future()
+
+    def began() -> None:
+        if not started.done():
+            started.set_result(None)
+
+    def call() -> Any:
+        loop.call_soon_threadsafe(began)
+        return hook(status, dict(headers), body)
+
+    future = loop.run_in_executor(_executor(), call)
+    try:
+        await asyncio.wait_for(asyncio.shield(started), HOOK_QUEUE_WAIT)
+    except TimeoutError:
+        future.cancel()  # still queued: it never runs
+        raise HookFailed(
+            f"found no free thread within {HOOK_QUEUE_WAIT:g} s (every one is running a "
+            "hook: one stuck?)", slow=True,
+        ) from None  # fmt: skip
+    except BaseException:
+        future.cancel()
+        raise
     try:
         return await asyncio.wait_for(future, HOOK_TIMEOUT)
     except TimeoutError:

@@ -132,11 +132,22 @@ def _render(template: Any, ctx: Mapping[str, Any], in_path: bool) -> Any:
     return template
 
 
+#: what may stay as it is in a rendered path (its values are percent-encoded already)
+_PATH_SAFE = "/%:@!$&'()*+,;=-._~"
+
+
 def render_path(template: str, ctx: Mapping[str, Any]) -> str:
-    """Render a URL path; values are percent-encoded. Raises MissingValue."""
+    """Render a URL path, ready to send as it is (encoded): values are
+    percent-encoded, and a segment that renders ``.`` or ``..`` is sent as
+    ``%2E`` / ``%2E%2E``, so no value can climb out of its segment (nor add one,
+    nor a query). Raises MissingValue."""
     result = _render(template, ctx, in_path=True)
     assert isinstance(result, str)
-    return result
+    segments = [
+        seg.replace(".", "%2E") if seg in (".", "..") else seg
+        for seg in quote(result, safe=_PATH_SAFE).split("/")
+    ]
+    return "/".join(segments)
 
 
 def render_json(template: Any, ctx: Mapping[str, Any]) -> Any:
@@ -150,26 +161,30 @@ def render_json(template: Any, ctx: Mapping[str, Any]) -> Any:
 _UNSAFE = re.compile(r"[\r\n\x00]")
 
 
-def render_text(template: str, ctx: Mapping[str, Any], what: str) -> str | None:
+def render_text(
+    template: str, ctx: Mapping[str, Any], what: str, *, line: bool = True
+) -> str | None:
     """Render a query, header or form value as text: None when it is only an
     optional placeholder that is missing (its key is left out). Raises
-    MissingValue, and UnsafeValue when the text holds CR, LF or NUL."""
+    MissingValue, and (``line``: a header or query value) UnsafeValue when the
+    text holds CR, LF or NUL."""
     result = _render(template, ctx, in_path=False)
     if result is MISSING:  # only an optional placeholder, and it is missing
         return None
     text = _as_text(result)
-    if _UNSAFE.search(text):
+    if line and _UNSAFE.search(text):
         raise UnsafeValue(f"{what} would hold a control character (CR, LF or NUL)")
     return text
 
 
 def render_fields(
-    templates: Mapping[str, str], ctx: Mapping[str, Any], what: str
+    templates: Mapping[str, str], ctx: Mapping[str, Any], what: str, *, line: bool = True
 ) -> list[tuple[str, str]]:
-    """Render a map of query/header/form values (missing optional ones left out)."""
+    """Render a map of query/header/form values (missing optional ones left out;
+    ``line=False`` for form values, which a urlencoded body carries safely)."""
     out: list[tuple[str, str]] = []
     for key, template in templates.items():
-        text = render_text(template, ctx, f"{what} {key}")
+        text = render_text(template, ctx, f"{what} {key}", line=line)
         if text is not None:
             out.append((key, text))
     return out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -20,6 +21,8 @@ class RequestLog:
     queries: list[dict[str, str]] = field(default_factory=list)
     #: route names answered 500 (a fault a test turns on and off)
     failing: set[str] = field(default_factory=set)
+    #: route name → seconds each request of it waits before it is handled
+    slow: dict[str, float] = field(default_factory=dict)
 
     def record(self, method: str, name: str, query: dict[str, str] | None = None) -> None:
         self.requests.append((method, name))
@@ -49,6 +52,8 @@ def recording_middleware(key: web.AppKey[Any]) -> Middleware:
         log: RequestLog = request.app[key]
         name = request.match_info.route.name or request.path
         log.record(request.method, name, dict(request.query))
+        if name in log.slow:
+            await asyncio.sleep(log.slow[name])
         if name in log.failing:
             return web.json_response({"detail": "a fault of the test"}, status=500)
         try:

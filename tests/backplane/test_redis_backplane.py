@@ -280,3 +280,26 @@ async def eventually_async(fetch, expected, timeout: float = 3.0) -> None:
     while (value := await fetch()) != expected:
         assert time.monotonic() < deadline, f"{value} != {expected}"
         await asyncio.sleep(0.05)
+
+
+async def test_captured_values_are_kept_exactly_as_they_were(make_stack, redis_server):
+    a, b = await pair(make_stack, redis_server)
+    client = await a.connect("vals", "u1")
+    session = a.bridge.sessions["vals"]
+    values = {"appId": 1234567890123456789, "roles": [], "meta": {}, "f": 0.1, "s": "é\n"}
+    shared = {"round": {"id": 2**62, "tags": []}}
+    await backplane(a).remember(session, "u1", values, shared)
+    other = await b.connect("vals", "u1")  # the same user through the other instance
+    found = await backplane(b).context(b.bridge.sessions["vals"], "u1")
+    assert found == (values, shared)
+    # the user gone (explicit leave): their values go with them, the session's stay
+    assert (await other.command("leave"))["status"] == "ok"
+    r = aioredis.Redis.from_url(redis_server.url)
+    try:
+        k = Keys.of(backplane(a).cfg.prefix, "vals")
+        assert await r.exists(k.values("u1")) == 0
+        assert await r.hlen(k.context) == 1
+    finally:
+        await r.aclose()
+    await client.close()
+    await other.close()

@@ -18,6 +18,7 @@ from aiohttp import web
 
 from bridge.app import make_app
 from bridge.config import Config, config_from_dict
+from bridge.transports.common import BRIDGE
 from tests.apps import minted, rpc, spread
 from tests.apps.common import RequestLog
 from tests.conftest import WSClient, deep_merge
@@ -279,7 +280,7 @@ async def test_an_unknown_session_is_refused_4404_and_nothing_is_kept(aiohttp_se
         del data["upstream"]["commands"]["join"]
         data["upstream"]["state"].update({"as": "none", "query": {"user_id": "nobody"}})
 
-    cfg = example("minted", app_url, edit=no_join)
+    cfg = example("minted", app_url, {"upstream": {"timeout": "4s"}}, edit=no_join)
     server = await aiohttp_server(make_app(cfg))
     async with aiohttp.ClientSession() as http:
         url = str(server.make_url("/api/websocket"))
@@ -293,11 +294,19 @@ async def test_an_unknown_session_is_refused_4404_and_nothing_is_kept(aiohttp_se
             assert (await r.json())["error"]["code"] == "not_found"
         await asyncio.sleep(0.5)
     bridge = server.app
-    from bridge.transports.common import BRIDGE
 
     assert "r-madeup" not in bridge[BRIDGE].sessions  # no poller, nothing kept
     assert log.count("room") == 2  # one fetch per refused connect, then nothing
     assert log.count("leave") == 0
+    # an app slow to say so: the connect waits for the answer (nobody is let in first)
+    log.slow["room"] = 2.5
+    async with aiohttp.ClientSession() as http:
+        ws = await http.ws_connect(url, params={"sessionId": "r-slow", "userId": "u1"})
+        msg = await ws.receive(timeout=8)
+        assert msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED), msg
+        assert ws.close_code == 4404
+    await asyncio.sleep(0.5)
+    assert "r-slow" not in bridge[BRIDGE].sessions and log.count("room") == 3
 
 
 async def probe(app_url: str, example_name: str, *args: str) -> tuple[int, str]:

@@ -88,7 +88,8 @@ def sample(metrics: Metrics, name: str, **labels: str) -> float:
 async def test_query_headers_and_precedence(setup):
     app, make = setup
     client, cfg, _ = make(
-        headers={"X-Api-Key": "k1", "X-Who": "{userId}", "Cookie": "from-config"},
+        headers={"X-Api-Key": "k1", "X-Who": "{sessionId}", "Cookie": "from-config",
+                 "content-type": "text/plain;charset=UTF-8"},
         commands={"vote": {"path": "/rooms/{sessionId}/vote",
                            "query": {"user_id": "{user.appId}", "page": "{params.page?}"},
                            "headers": {"X-Who": "route-{user.appId}", "Next-Action": "7f3a"},
@@ -103,7 +104,10 @@ async def test_query_headers_and_precedence(setup):
     assert h["X-Who"] == "route-a 1&2"  # the route's header wins over upstream.headers
     assert h["Cookie"] == "sid=1"  # the client's forwarded header wins over upstream.headers
     assert json.loads(seen["body"]) == {"v": 5}
-    assert h["Content-Type"] == "application/json"
+    # headers are matched whatever their case: upstream.headers' content-type wins
+    # over the bridge's default for a JSON body (Next.js actions post text/plain)
+    assert h["Content-Type"] == "text/plain;charset=UTF-8"
+    assert list(h).count("Content-Type") + list(h).count("content-type") == 1
 
 
 async def test_forms_and_arrays(setup):
@@ -248,7 +252,18 @@ async def test_answers_are_read_up_to_a_cap(setup):
         ({"state": {"capture": {"user": {"a": "b"}}}},
          "upstream.state.capture.user: a state answer is the session's; capture into session"),
         ({"state": {"path": "/s/{sessionId}", "parts": {"a": {"path": "/a"}}}},
-         "upstream.state: give either path (with query, json …) or parts, not both"),
+         "upstream.state: give either parts or path (each part has its own), not both"),
+        ({"state": {"select": "data", "parts": {"a": {"path": "/a"}}}},
+         "upstream.state: give either parts or select"),
+        ({"commands": {"vote": {"path": "/v/{userId}?x=1"}}},
+         "upstream.commands.vote.path: put query values under"),
+        ({"commands": {"vote": {"path": "/v/../admin"}}},
+         "upstream.commands.vote.path: no '.' or '..' segments"),
+        ({"headers": {"X-Who": "{userId}"}},
+         "upstream.headers.X-Who: {userId} has no value in a state request; set "
+         "upstream.state.as: present_user"),
+        ({"state": {"query": {"u": "{user.appId}"}}},
+         "upstream.state.query: {user.…} has no value in a state request"),
         ({"state": {"parts": {}}}, "upstream.state.parts: name at least one part"),
         ({"state": {"as": "someone"}},
          "upstream.state.as: expected one of none, present_user, got 'someone'"),
@@ -275,3 +290,52 @@ def test_demo_routes_in_effect_are_said():
     # a v1 config means what it meant: the demo keep-alive is still sent
     assert partial.upstream.keepalive is not None
     assert partial.upstream.keepalive.path == "/api/sessions/{sessionId}/heartbeat"
+
+
+async def test_no_value_climbs_out_of_its_path_segment(setup):
+    app, make = setup
+    client, cfg, _ = make(
+        commands={"leave": {"method": "DELETE", "path": "/rooms/{sessionId}/users/{userId}"}}
+    )
+    for evil, sent in ((".", "%2E"), ("..", "%2E%2E"), ("../..", "..%2F.."), ("a..", "a..")):
+        await client.request("leave", cfg.upstream.commands["leave"],
+                             {**CTX, "sessionId": "s1", "userId": evil})  # fmt: skip
+        assert app.seen[-1]["path"] == f"/rooms/s1/users/{sent}", app.seen[-1]["path"]
+    # literal text that is not a URL character is encoded too; %XX is sent as written
+    client2, cfg2, _ = make(commands={"vote": {"path": "/a b/%41/{userId}"}})
+    await client2.request("vote", cfg2.upstream.commands["vote"], {**CTX, "userId": "ü/?#"})
+    assert app.seen[-1]["path"] == "/a%20b/%41/%C3%BC%2F%3F%23"
+
+
+async def test_form_values_may_hold_line_breaks(setup):
+    app, make = setup
+    client, cfg, _ = make(commands={"vote": {"path": "/v", "form": {"note": "{payload.note}"}}})
+    await client.request("vote", cfg.upstream.commands["vote"],
+                         {**CTX, "payload": {"note": "line 1\r\nline 2"}})  # fmt: skip
+    assert app.seen[-1]["body"] == b"note=line+1%0D%0Aline+2"
+
+
+async def test_the_state_routes_own_accept_and_text_json(setup):
+    app, make = setup
+    client, cfg, _ = make(state={"headers": {"accept": "text/x-component"}})
+    app.answer = lambda: web.Response(text='{"a": 1}', content_type="text/json")
+    ctx = {"sessionId": "s1", "params": {}, "payload": {}, "user": {}, "session": {}}
+    result = await client.fetch_state("state", cfg.upstream.state, ctx, None, None, None)
+    assert result.payload == {"a": 1}  # text/json is JSON (v1 read it so)
+    sent = app.seen[-1]["headers"]
+    assert [v for k, v in sent.items() if k.lower() == "accept"] == ["text/x-component"]
+
+
+async def test_a_hooks_wait_for_a_thread_is_not_its_run_time():
+    import time as _time
+
+    from bridge.upstream import hooks
+
+    def sixty_ms(status, headers, body):
+        _time.sleep(0.06)
+        return status
+
+    # more hooks at once than threads: the later ones wait for a thread, then run 60 ms
+    n = hooks.HOOK_THREADS + 4
+    got = await asyncio.gather(*(hooks.run(sixty_ms, 200 + i, {}, b"") for i in range(n)))
+    assert got == [200 + i for i in range(n)]

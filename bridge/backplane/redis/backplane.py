@@ -580,7 +580,7 @@ class RedisBackplane:
         lease_at: list[int] = []  # where each follower's lease answer is in the results
         n = 1
         for f in followers:
-            users = f.session.users_here()
+            users = f.session.users_kept()
             if users:
                 await self.scripts.touch(
                     f.keys, users=users, grace_ms=self._grace_ms(), client=pipe
@@ -625,26 +625,47 @@ class RedisBackplane:
         now = time.monotonic()
         keepalive = self.config.upstream.keepalive
         due: list[Follower] = []
+        captures = self.config.upstream.uses_captures
+        gone: list[tuple[Follower, str, dict[str, Any] | None]] = []
         for f, raw in zip(owned, results, strict=True):
             answer = parse_presence(raw)
             f.present = answer.online
-            for user, context in answer.gone:
-                self.events.user_request(f.session, user, "leave", _ctx(context))
+            gone.extend((f, user, _ctx(context)) for user, context in answer.gone)
             if keepalive is not None and now - f.last_keepalive >= keepalive.every:
                 f.last_keepalive = now
                 due.append(f)
+        if gone and captures:  # their leave is sent with what was captured for them
+            pipe = self.redis.pipeline(transaction=False)
+            for f, user, _ in gone:
+                pipe.hgetall(f.keys.values(user))
+                pipe.delete(f.keys.values(user))
+            found = await _execute(pipe)
+            for i, (_, _, ctx) in enumerate(gone):
+                if ctx is not None:
+                    ctx["values"] = _values(found[2 * i])
+        for f, user, ctx in gone:
+            self.events.user_request(f.session, user, "leave", ctx)
         if due:
             pipe = self.redis.pipeline(transaction=False)
             for f in due:
                 pipe.zrange(f.keys.presence, 0, -1)
                 pipe.hgetall(f.keys.users)
             answers = await _execute(pipe)
+            requests: list[tuple[Follower, str, dict[str, Any] | None]] = []
             for i, f in enumerate(due):
                 users, contexts = answers[2 * i], answers[2 * i + 1]
-                for user in users:
-                    # no stored context (lost with Redis' data): the local one, if any
-                    ctx = _ctx(contexts.get(user))
-                    self.events.user_request(f.session, text(user), "keepalive", ctx)
+                # no stored context (lost with Redis' data): the local one, if any
+                requests.extend((f, text(u), _ctx(contexts.get(u))) for u in users)
+            if captures and requests:
+                pipe = self.redis.pipeline(transaction=False)
+                for f, user, _ in requests:
+                    pipe.hgetall(f.keys.values(user))
+                found = await _execute(pipe)
+                for (_, _, ctx), raw_values in zip(requests, found, strict=True):
+                    if ctx is not None:
+                        ctx["values"] = _values(raw_values)
+            for f, user, ctx in requests:
+                self.events.user_request(f.session, user, "keepalive", ctx)
 
     def _degraded_round(self) -> None:
         """Redis is down: keep this instance's own users alive upstream, as the
@@ -774,6 +795,7 @@ class RedisBackplane:
         pipe = self.redis.pipeline(transaction=True)
         pipe.zrem(k.presence, user)
         pipe.hdel(k.users, user)
+        pipe.delete(k.values(user))
         await _execute(pipe)
 
     async def unclaim_user(self, session: SessionView, user: str) -> None:
@@ -814,37 +836,31 @@ class RedisBackplane:
         k = self._keys(session)
         try:
             pipe = self.redis.pipeline(transaction=False)
-            pipe.hget(k.users, user)
+            pipe.hgetall(k.values(user))
             pipe.hgetall(k.context)
             pipe.pexpire(k.context, self._ttl_ms())
-            stored, shared_raw, _ = await _execute(pipe)
+            values_raw, shared_raw, _ = await _execute(pipe)
         except OUTAGE as exc:
             self.metrics.backplane_errors.labels("context").inc()
             log.warning("captured values of session %s not read: %s", session.id, exc)
             return None
-        values: dict[str, Any] = {}
-        ctx = _ctx(stored)
-        if ctx is not None and isinstance(ctx.get("values"), dict):
-            values = ctx["values"]
-        shared = {}
-        for key, raw in shared_raw.items():
-            with contextlib.suppress(ValueError):
-                shared[text(key)] = json.loads(raw)
-        return values, shared
+        return _values(values_raw), _values(shared_raw)
 
     async def remember(
         self, session: SessionView, user: str | None, values: dict[str, Any],
         shared: dict[str, Any],
     ) -> None:  # fmt: skip
         k = self._keys(session)
+        ttl = self._ttl_ms()
         try:
+            pipe = self.redis.pipeline(transaction=True)
             if user is not None and values:
-                await self.scripts.remember(k, user=user, values=json.dumps(values))
+                pipe.hset(k.values(user), mapping={n: json.dumps(v) for n, v in values.items()})
+                pipe.pexpire(k.values(user), ttl)
             if shared:
-                pipe = self.redis.pipeline(transaction=True)
-                pipe.hset(k.context, mapping={key: json.dumps(v) for key, v in shared.items()})
-                pipe.pexpire(k.context, self._ttl_ms())
-                await _execute(pipe)
+                pipe.hset(k.context, mapping={n: json.dumps(v) for n, v in shared.items()})
+                pipe.pexpire(k.context, ttl)
+            await _execute(pipe)
         except OUTAGE as exc:
             self.metrics.backplane_errors.labels("context").inc()
             raise BackplaneUnavailable(f"redis: {exc}") from exc
@@ -959,6 +975,16 @@ async def _execute(pipe: Any) -> Any:
 def _entry(data: dict[bytes, bytes]) -> LoggedEntry:
     """One Stream entry (its fields) as the runtime takes it."""
     return LoggedEntry(int(data[b"seq"]), text(data[b"type"]), json.loads(data[b"payload"]))
+
+
+def _values(raw: dict[Any, Any]) -> dict[str, Any]:
+    """A hash of captured values (name → JSON) as a dict (a value that does not
+    parse is left out: only this backplane writes there)."""
+    out: dict[str, Any] = {}
+    for name, value in raw.items():
+        with contextlib.suppress(ValueError):
+            out[text(name)] = json.loads(value)
+    return out
 
 
 def _ctx(raw: Any) -> dict[str, Any] | None:

@@ -50,5 +50,9 @@ class Keys:
             return channel[len(head) : -len(tail)]
         return None
 
+    def values(self, user: str) -> str:
+        """The values captured for ``user`` (a hash: name → JSON, never re-encoded)."""
+        return f"{self.cmd_prefix[: -len('cmd:')]}values:{user}"
+
     def command(self, user: str, command_id: str) -> str:
         return f"{self.cmd_prefix}{user}:{command_id}"

@@ -103,17 +103,7 @@ _CLAIM = (
 -- KEYS presence users; ARGV user grace_ms context ttl → 1 when the user was absent
 local was = redis.call('ZSCORE', KEYS[1], ARGV[1])
 redis.call('ZADD', KEYS[1], 'GT', string.format('%d', now_ms() + tonumber(ARGV[2])), ARGV[1])
-local context = ARGV[3]
-local old = redis.call('HGET', KEYS[2], ARGV[1])
-if old then  -- values captured for the user (by any instance) stay with them
-  local prev = cjson.decode(old)
-  if type(prev['values']) == 'table' then
-    local new = cjson.decode(context)
-    new['values'] = prev['values']
-    context = cjson.encode(new)
-  end
-end
-redis.call('HSET', KEYS[2], ARGV[1], context)
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
 redis.call('PEXPIRE', KEYS[2], ARGV[4])
 if was then return 0 end
@@ -219,20 +209,6 @@ def parse_presence(answer: Any) -> PresenceAnswer:
     return PresenceAnswer(text(answer[0]), int(answer[1]), int(answer[2]), gone)
 
 
-#: Merge values captured for a user into their stored context (if they are still there).
-#: KEYS users · ARGV user, values (a JSON object)
-_REMEMBER = """
-local raw = redis.call('HGET', KEYS[1], ARGV[1])
-if not raw then return 0 end
-local ctx = cjson.decode(raw)
-local values = ctx['values']
-if type(values) ~= 'table' then values = {} end
-for k, v in pairs(cjson.decode(ARGV[2])) do values[k] = v end
-ctx['values'] = values
-redis.call('HSET', KEYS[1], ARGV[1], cjson.encode(ctx))
-return 1
-"""
-
 #: A session's command gate across instances: at most ``limit`` tokens at the
 #: head of the queue (ordered by ticket) may go upstream. Tokens whose holder or
 #: waiter stopped renewing them are dropped.
@@ -276,13 +252,8 @@ class Scripts:
         self._lease = redis.register_script(_LEASE)
         self._delete_if = redis.register_script(_DELETE_IF)
         self._swap = redis.register_script(_SWAP)
-        self._remember = redis.register_script(_REMEMBER)
         self._gate = redis.register_script(_GATE)
         self._ungate = redis.register_script(_UNGATE)
-
-    async def remember(self, k: Keys, *, user: str, values: str) -> bool:
-        """Merge captured ``values`` (JSON) into the user's stored context."""
-        return bool(await self._remember(keys=[k.users], args=[user, values]))
 
     async def gate(self, k: Keys, *, token: str, limit: int, keep_ms: int, ttl_ms: int) -> bool:
         """Queue ``token`` (once) for the session's command gate, its place kept for
