@@ -175,6 +175,7 @@ async def test_ten_concurrent_votes_are_all_kept_only_one_at_a_time(aiohttp_serv
         )
         assert all(a["status"] == "ok" for a in acks)  # the app says ok to every one
         kept = len(store.room(room)["votes"])
+        print(f"\n{kept} of {N} concurrent votes kept with session_concurrency {concurrency}")
         for c in clients:
             await c.close()
     if concurrency == 1:
