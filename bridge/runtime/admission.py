@@ -175,7 +175,14 @@ class Admitter:
                 session, req.user_id, client_id, req
             )
             who = Who(req.user_id, client_id, req.params, req.headers)
-            if not await self.poller.check(session, who):
+            # A user joined elsewhere (another instance, maybe still joining them) says
+            # the session exists; a 404 now could be that join not being done yet.
+            joined_elsewhere = (
+                admission.joined is Joined.NOT_BY_THIS
+                and "join" in self.cfg.upstream.commands
+                and self.backplane.shared
+            )
+            if not joined_elsewhere and not await self.poller.check(session, who):
                 # the app has no such session: nothing is kept (no poller, no leave)
                 if admission.joined is Joined.BY_THIS:
                     admission.joined = Joined.NOT_BY_THIS

@@ -303,3 +303,22 @@ async def test_captured_values_are_kept_exactly_as_they_were(make_stack, redis_s
         await r.aclose()
     await client.close()
     await other.close()
+
+
+async def test_a_user_joining_on_another_instance_is_not_refused_as_unknown(
+    make_stack, redis_server
+):
+    # the app creates a session with its first join: until that join is done, the
+    # state route answers 404 (an unknown session), but the user is joining already
+    a, b = await pair(make_stack, redis_server, upstream={"timeout": "4s"})
+    async with a.http.post(a.backend_server.make_url("/_demo/faults"), json={
+            "stall": 1.5, "stallPaths": ["/api/sessions/fresh/join"]}) as r:  # fmt: skip
+        assert r.status == 200
+    first = asyncio.ensure_future(a.connect("fresh", "u1"))
+    await asyncio.sleep(0.4)  # u1 claimed on a, its join at the app
+    second = await b.connect("fresh", "u1")  # the same user on b: not refused 4404
+    assert second.welcome_msg["type"] == "welcome"
+    client = await first
+    assert len(a.commands("/join")) == 1  # one join for the user, from a
+    await client.close()
+    await second.close()
