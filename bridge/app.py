@@ -23,7 +23,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from .admin import add_admin_routes
 from .config import Config, load_config
 from .exceptions import BackplaneUnavailable, BodyTooBig, BodyUnreadable, ConfigError
+from .intercept import Intercept
 from .metrics import Metrics
+from .passthrough import INTERCEPT, PASSTHROUGH, PassThrough, passthrough_middleware
 from .protocol.types import valid_id
 from .protocol.values import problem
 from .runtime import Bridge
@@ -49,7 +51,13 @@ PUSH_MAX_BYTES = 8 * 1024 * 1024
 async def _runtime_ctx(app: web.Application) -> AsyncIterator[None]:
     cfg = app[CONFIG]
     connector = aiohttp.TCPConnector(limit=100, limit_per_host=100)
-    async with aiohttp.ClientSession(connector=connector) as http:
+    passthrough = app.get(PASSTHROUGH)
+    if passthrough is not None:
+        await passthrough.start()
+    # no cookie jar: a cookie the app sets for one user must never go with another's requests
+    async with aiohttp.ClientSession(
+        connector=connector, cookie_jar=aiohttp.DummyCookieJar()
+    ) as http:
         upstream = UpstreamClient(cfg.upstream, http, app[METRICS], cfg.base_dir)
         bridge = Bridge(cfg, upstream, app[METRICS])
         app[BRIDGE] = bridge
@@ -65,6 +73,8 @@ async def _runtime_ctx(app: web.Application) -> AsyncIterator[None]:
             if source is not None:
                 loop.remove_signal_handler(signal.SIGHUP)
             await bridge.stop()
+            if passthrough is not None:
+                await passthrough.stop()
 
 
 def reload_config(app: web.Application) -> bool:
@@ -80,6 +90,9 @@ def reload_config(app: web.Application) -> bool:
         )  # fmt: skip
         return False
     needs_restart = app[BRIDGE].reload(cfg)
+    if PASSTHROUGH in app:
+        app[PASSTHROUGH].cfg = cfg
+    app[INTERCEPT].reconfigure(cfg)
     log.info("configuration reloaded from %s", source.path)
     if needs_restart:
         log.warning("changed, but only applied after a restart: %s", ", ".join(needs_restart))
@@ -211,7 +224,7 @@ def make_app(
     """
     app = web.Application(
         client_max_size=max(cfg.limits.max_message_bytes, 1024 * 1024),
-        middlewares=[edge_middleware],
+        middlewares=[edge_middleware, passthrough_middleware],
         handler_args={
             # Bodies are inflated by read_body, within the size cap; not by aiohttp.
             "auto_decompress": False,
@@ -225,6 +238,9 @@ def make_app(
     if reload_from is not None:
         app[RELOAD] = reload_from
     app[METRICS] = registry_metrics or Metrics()
+    if cfg.upstream.passthrough.enabled:
+        app[PASSTHROUGH] = PassThrough(cfg, app[METRICS])
+    app[INTERCEPT] = Intercept(cfg, app[METRICS])
     app.cleanup_ctx.append(_runtime_ctx)
     app.on_shutdown.append(_on_shutdown)
     p = cfg.paths

@@ -184,10 +184,23 @@ class StateRoute(Route):
     as_: Literal["none", "present_user"] = field(default="none", metadata={"key": "as"})
     #: several routes whose answers make one state ``{part: answer}`` (instead of ``path``)
     parts: Mapping[str, StatePart] | None = None
+    #: answer the app's own frontend's GETs of this path from the bridge's copy
+    intercept: bool = False
 
     @property
     def uses_answer(self) -> bool:
         return True
+
+
+@dataclass(frozen=True)
+class Passthrough:
+    """Every request the bridge does not serve goes to the app and back."""
+
+    enabled: bool = True
+    #: the longest the app may take to answer, or stay silent in the middle of one
+    timeout: PositiveDuration = 60.0
+    #: the largest request body passed through (a larger one is answered 413)
+    max_body: PositiveSize = 8 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -247,6 +260,7 @@ class Upstream:
     session_concurrency: Count = 1
     #: the most of an answer the bridge reads (a longer one is a failure)
     max_response: PositiveSize = 8 * 1024 * 1024
+    passthrough: Passthrough = field(default_factory=Passthrough)
 
     @property
     def uses_captures(self) -> bool:
@@ -721,6 +735,19 @@ def _check_semantics(cfg: Config, problems: list[str]) -> None:
         routes["upstream.state"] = state
     if cfg.upstream.keepalive is not None:
         routes["upstream.keepalive"] = cfg.upstream.keepalive
+    if state.intercept:
+        from .upstream.templates import PLACEHOLDER
+
+        placeholders = [m.group(1) for m in PLACEHOLDER.finditer(state.path)]
+        why = (
+            "it answers a GET of the state route's path" if state.method != "GET"
+            else "it needs one path (not parts)" if state.parts is not None
+            else "the copy is everyone's (not as: present_user)" if state.as_ != "none"
+            else "the path must hold {sessionId}, and no other placeholder"
+            if placeholders != ["sessionId"] else None
+        )  # fmt: skip
+        if why is not None:
+            problems.append(f"upstream.state.intercept: {why}")
     for key, value in cfg.upstream.headers.items():
         _check_header(f"upstream.headers.{key}", key, value, problems)
     if state.as_ != "present_user":  # the state request is nobody's: no user's values

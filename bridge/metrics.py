@@ -136,6 +136,24 @@ class Metrics:
             ["scope"],
             registry=r,
         )
+        self.passthrough_requests = Counter(
+            "bridge_passthrough_requests",
+            "Requests passed through to the legacy app, by method and status class.",
+            ["method", "code"],
+            registry=r,
+        )
+        self.passthrough_duration = Histogram(
+            "bridge_passthrough_duration_seconds",
+            "Time until the legacy app's answer (its headers) to a passed-through request.",
+            buckets=UPSTREAM_BUCKETS,
+            registry=r,
+        )
+        self.intercept_requests = Counter(
+            "bridge_intercept_requests",
+            "The app's own state GETs answered by the bridge (hit, miss, not_modified).",
+            ["result"],
+            registry=r,
+        )
         self.breaker_state = Gauge(
             "bridge_upstream_breaker_state",
             "Circuit breaker state: 0 closed, 1 half-open, 2 open.",

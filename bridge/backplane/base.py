@@ -55,6 +55,10 @@ class SessionView(Protocol):
     def has_clients(self) -> bool:
         """Some client has a live transport to this instance."""
 
+    @property
+    def followed(self) -> bool:
+        """The app's own frontend polls it through this instance (state.intercept)."""
+
     def users_here(self) -> list[str]:
         """Present users with a live transport to this instance."""
 

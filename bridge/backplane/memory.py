@@ -42,7 +42,7 @@ class MemoryBackplane:
         return None
 
     def owns(self, session: SessionView) -> bool:
-        return session.has_clients  # polled while anyone is connected
+        return session.has_clients or session.followed  # polled while anyone follows it
 
     def grace_over(self, session: SessionView, user: str) -> bool:
         return True  # this is the only instance: it sends the leave

@@ -24,7 +24,7 @@ from typing import Any
 
 from ..backplane import Backplane, make_backplane
 from ..config import Config
-from ..exceptions import Unauthorized
+from ..exceptions import BackplaneUnavailable, Unauthorized
 from ..metrics import Metrics
 from ..protocol import messages as m
 from ..protocol.types import Message
@@ -37,12 +37,16 @@ from .events import BackplaneEvents
 from .fanout import Fanout
 from .heartbeats import Heartbeats
 from .membership import Membership
-from .poller import Poller
+from .poller import Poller, Who
 from .session import Session
 from .sessions import Sessions, Tokens
 from .ticker import Ticker
 
 log = logging.getLogger("bridge.runtime")
+
+#: state.intercept: a session the app's own frontend polls is kept this many
+#: state.every after its last such poll
+FOLLOW_FOR = 5
 
 
 class Bridge:
@@ -57,6 +61,7 @@ class Bridge:
         self.tasks = TaskOwner("bridge", count=self.count_task_error)
         self.ticker = Ticker()
         self.ticker.on("flush", self._flush_held)
+        self.ticker.on("follow", self._follow_over)
         self.tokens = Tokens(cfg)
         events = BackplaneEvents()
         self.backplane: Backplane = make_backplane(cfg, metrics, events)
@@ -140,6 +145,39 @@ class Bridge:
 
     def session(self, session_id: str) -> Session:
         return self.registry.session(session_id)
+
+    async def follow(self, session_id: str) -> Session | None:
+        """state.intercept: the app's own frontend polls this session. It is kept,
+        with its one poller, for FOLLOW_FOR × state.every after the last such poll;
+        None when it cannot be (a new session the app does not know, the shared
+        backplane unreachable, draining)."""
+        if self.closing:
+            return None
+        session = self.registry.session(session_id)
+        new = session.followed_until == 0.0 and not session.conns
+        session.followed_until = time.monotonic() + FOLLOW_FOR * self.cfg.upstream.state.every
+        self.ticker.schedule(("follow", session_id), session.followed_until)
+        try:
+            await self.backplane.open(session)
+            known = await self.poller.check(session, Who("", "", {}, {}))  # (one, shared)
+        except BackplaneUnavailable:
+            known = False
+        if not known:
+            session.followed_until = 0.0
+            self.registry.drop_if_idle(session)
+            return None
+        if session.copy is None and not new and not session.copy_asked:
+            # polled already (for its clients), with 304s: ask for the whole answer once
+            session.copy_asked = True
+            session.etag = session.last_modified = None
+            session.refresh.set()
+        self.poller.start(session)
+        return session
+
+    def _follow_over(self, session_id: str, now: float) -> None:
+        session = self.registry.get(session_id)
+        if session is not None:
+            self.registry.drop_if_idle(session)
 
     def drop_if_idle(self, session: Session) -> None:
         self.registry.drop_if_idle(session)

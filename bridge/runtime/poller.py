@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import time
 from collections.abc import Mapping
@@ -42,6 +43,11 @@ from .sessions import Sessions
 log = logging.getLogger("bridge.runtime")
 
 MAX_BACKOFF = 30.0
+
+
+def copy_etag(raw: bytes) -> str:
+    """The ETag the bridge gives its copy of a state answer (state.intercept)."""
+    return '"b-' + hashlib.sha1(raw).hexdigest()[:20] + '"'
 
 
 @dataclass(frozen=True, slots=True)
@@ -283,6 +289,9 @@ class Poller:
             log.info("state of session %s published again", session.id)
             session.unpublished = False
         session.etag, session.last_modified = result.etag, result.last_modified
+        if self.cfg.upstream.state.intercept and result.raw:
+            session.copy = (result.raw, result.content_type, copy_etag(result.raw))
+            session.copy_ready.set()
         self.metrics.state_polls.labels("unchanged" if seq is None else "changed").inc()
 
     def _failed(self, session: Session, why: str) -> None:

@@ -7,6 +7,7 @@ A :class:`Session` is also the backplane's read-only
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
@@ -95,6 +96,14 @@ class Session:
     prefetched: Any = None
     #: commands of this session at the app at once (upstream.session_concurrency)
     gate: Gate = field(default_factory=lambda: Gate(1))
+    #: state.intercept: the app's last state answer (bytes, content type, ETag)
+    copy: tuple[bytes, str, str] | None = None
+    #: set when ``copy`` is there (legacy polls of a new session wait for it)
+    copy_ready: asyncio.Event = field(default_factory=asyncio.Event)
+    #: state.intercept: the app's own frontend polls it; kept (and polled) until then
+    followed_until: float = 0.0
+    #: state.intercept: the whole answer was asked for once (a session polled before)
+    copy_asked: bool = False
 
     # -- the backplane's SessionView
     @property
@@ -108,6 +117,10 @@ class Session:
     @property
     def has_clients(self) -> bool:
         return bool(self.conns)
+
+    @property
+    def followed(self) -> bool:
+        return time.monotonic() < self.followed_until
 
     def users_here(self) -> list[str]:
         presence = self.hub.presence

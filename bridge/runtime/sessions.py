@@ -158,6 +158,7 @@ class Sessions:
             and not session.pending
             and not session.tasks.busy
             and self.by_id.get(session.id) is session
+            and time.monotonic() >= session.followed_until
             and not self.backplane.keep(session)
         ):
             del self.by_id[session.id]

@@ -91,6 +91,9 @@ class StateResult:
     etag: str | None = None
     last_modified: str | None = None
     captured: Captured = field(default_factory=Captured)
+    #: the answer as the app sent it, and its content type (for state.intercept)
+    raw: bytes = b""
+    content_type: str = ""
 
 
 def select(payload: Any, path: str | None) -> Any:
@@ -391,4 +394,6 @@ class UpstreamClient:
             resp.headers.get("ETag"),
             resp.headers.get("Last-Modified"),
             resp.captured,
+            resp.raw,
+            resp.headers.get("Content-Type", ""),
         )

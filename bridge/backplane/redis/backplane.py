@@ -586,7 +586,11 @@ class RedisBackplane:
                     f.keys, users=users, grace_ms=self._grace_ms(), client=pipe
                 )
                 n += 1
-            want = f.session.has_clients or (f.fence is not None and f.present > 0)
+            want = (
+                f.session.has_clients
+                or f.session.followed
+                or (f.fence is not None and f.present > 0)
+            )
             await self._lease_call(f, want=want, client=pipe)
             lease_at.append(n)
             n += 1
