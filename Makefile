@@ -74,11 +74,13 @@ test-min: system-deps
 bench: $(STAMP)
 	$(PY) bench/fanout.py
 	$(PY) bench/transports.py
+	$(PY) bench/passthrough.py
 
 bench-smoke: $(STAMP)
 	$(PY) bench/fanout.py --smoke
 	$(PY) bench/fanout.py --smoke --servers bridge --backplane redis --instances 2
 	$(PY) bench/transports.py --smoke
+	$(PY) bench/passthrough.py --smoke
 
 # The chaos test at a larger scale than CI's (120 clients, 60 s).
 chaos: $(STAMP)
