@@ -219,9 +219,9 @@ class PassThrough:
         self, request: web.Request, answer: aiohttp.ClientResponse
     ) -> web.StreamResponse:
         headers = _forwarded(answer.headers, _ANSWER_SKIP)
+        # (no length: aiohttp sends it chunked to HTTP/1.1 clients, and to 1.0 ones
+        # until it closes the connection)
         resp = web.StreamResponse(status=answer.status, reason=answer.reason, headers=headers)
-        if answer.headers.get("Content-Length") is None:
-            resp.enable_chunked_encoding()
         self._count(request, resp)
         await resp.prepare(request)
         if request.method != "HEAD":

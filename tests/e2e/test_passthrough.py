@@ -159,6 +159,19 @@ async def test_the_answer_streams_as_it_comes(front):
             assert await r.content.readuntil(b"\n\n") == b"data: two\n\n"
 
 
+async def test_an_http_1_0_client_gets_a_stream_without_chunks(front):
+    _, bridge = await front()
+    reader, writer = await asyncio.open_connection("127.0.0.1", bridge.port)
+    writer.write(b"GET /stream HTTP/1.0\r\nHost: x\r\n\r\n")
+    await writer.drain()
+    answer = await asyncio.wait_for(reader.read(), 5)  # to the end: the bridge closes
+    writer.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.0 200") or head.startswith(b"HTTP/1.1 200"), head
+    assert b"chunked" not in head.lower()
+    assert body == b"data: one\n\ndata: two\n\n"
+
+
 async def test_hop_by_hop_headers_and_forwarded_ones(front):
     app, bridge = await front()
     async with aiohttp.ClientSession() as http:
