@@ -50,7 +50,8 @@ PUSH_MAX_BYTES = 8 * 1024 * 1024
 
 async def _runtime_ctx(app: web.Application) -> AsyncIterator[None]:
     cfg = app[CONFIG]
-    connector = aiohttp.TCPConnector(limit=100, limit_per_host=100)
+    # the limit is the adaptive one (upstream/limits.py); a reload may raise it
+    connector = aiohttp.TCPConnector(limit=0)
     passthrough = app.get(PASSTHROUGH)
     if passthrough is not None:
         await passthrough.start()

@@ -160,6 +160,8 @@ class Route:
 @dataclass(frozen=True)
 class Keepalive(Route):
     every: PositiveDuration = 10.0
+    #: a command of the user answered within the interval counts as their keep-alive
+    commands_count: bool = False
 
 
 @dataclass(frozen=True)
@@ -261,6 +263,12 @@ class Upstream:
     #: the most of an answer the bridge reads (a longer one is a failure)
     max_response: PositiveSize = 8 * 1024 * 1024
     passthrough: Passthrough = field(default_factory=Passthrough)
+    #: the most of the bridge's own requests at the app at once (the adaptive limit's top)
+    max_in_flight: Count = 10
+    #: find the app's capacity: the limit comes down on 429/503/timeouts/queueing
+    adaptive: bool = True
+    #: requests waiting for a turn, past which a new one is refused (upstream_busy)
+    max_queue: Count = 1000
 
     @property
     def uses_captures(self) -> bool:

@@ -32,7 +32,8 @@
         │       └── Unusable                     a 2xx a route cannot use: not JSON, too big,
         │                                        a capture missing (upstream/answers.py)
         └── UpstreamUnavailable                  unreachable (upstream_unavailable)
-            └── CircuitOpen                      the breaker refused to send it
+            ├── CircuitOpen                      the breaker refused to send it
+            └── UpstreamBusy                     the queue to the app is full (upstream_busy)
 
 Protocol errors carry the wire ``code`` of protocol.md, the WebSocket
 ``close_code`` to use when the error must end a connection, and the HTTP
@@ -233,3 +234,9 @@ class UpstreamUnavailable(UpstreamError):
 
 class CircuitOpen(UpstreamUnavailable):
     """The circuit breaker is open: the request was not sent at all."""
+
+
+class UpstreamBusy(UpstreamUnavailable):
+    """More requests wait for the app than ``upstream.max_queue``: not sent."""
+
+    code = "upstream_busy"

@@ -154,6 +154,22 @@ class Metrics:
             ["result"],
             registry=r,
         )
+        self.upstream_in_flight = Gauge(
+            "bridge_upstream_in_flight",
+            "The bridge's own requests at the legacy app now.",
+            registry=r,
+        )
+        self.upstream_limit = Gauge(
+            "bridge_upstream_limit",
+            "How many of the bridge's requests may be at the legacy app at once (adaptive).",
+            registry=r,
+        )
+        self.upstream_queue = Histogram(
+            "bridge_upstream_queue_seconds",
+            "How long a request waited for its turn to go to the legacy app.",
+            buckets=(0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+            registry=r,
+        )
         self.breaker_state = Gauge(
             "bridge_upstream_breaker_state",
             "Circuit breaker state: 0 closed, 1 half-open, 2 open.",

@@ -106,9 +106,9 @@ def test_config_is_frozen():
         ({"upstream": {"url": "http://x", "commands": {"vote": {"path": "/v", "method": "FETCH"}}}},
          "upstream.commands.vote.method: expected one of GET, POST, PUT, PATCH, DELETE, got 'FETCH'"),
         ({"upstream": {"url": "http://x", "retyr": {}}},
-         "upstream.retyr: unknown key (allowed: breaker, commands, forward_headers, headers, hold, "
-         "keepalive, max_response, passthrough, push, retry, session_concurrency, state, timeout, "
-         "url)"),
+         "upstream.retyr: unknown key (allowed: adaptive, breaker, commands, forward_headers, "
+         "headers, hold, keepalive, max_in_flight, max_queue, max_response, passthrough, push, "
+         "retry, session_concurrency, state, timeout, url)"),
         ({"upstream": {"url": None}}, "upstream.url: must not be empty"),
         ({"upstream": {"url": ["x"]}}, "upstream.url: expected a string, got ['x']"),
     ],

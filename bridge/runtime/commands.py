@@ -267,6 +267,7 @@ class Commands:
                 await self.membership.load_context(session, conn.user_id)
                 ctx = context_of(session, conn.user_id, conn.client_id, conn.params, cmd.payload)
                 resp = await self._request_or_hold(session, cmd.type, route, ctx, conn.headers)
+                self.membership.commanded(session, conn.user_id)
                 await self.membership.remember(session, conn.user_id, resp.captured)
         except RenderError as exc:
             return m.ack_error(cid, "bad_message", str(exc))

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import zlib
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any, Literal
@@ -73,6 +74,11 @@ def context_of(
         session.id, user_id, client_id, params, payload, session.values.get(user_id),
         session.shared,
     )  # fmt: skip
+
+
+def spread(key: str) -> float:
+    """A number in [0, 1) from ``key``, the same every time."""
+    return zlib.crc32(key.encode("utf-8", "surrogatepass")) / 2**32
 
 
 def uses_captures(cfg: Config) -> bool:
@@ -285,6 +291,19 @@ class Membership:
         await self.backplane.left(session, user)
         self.sessions.schedule(session)
 
+    def _active(self, session: Session, user: str, every: float) -> bool:
+        """keepalive.commands_count: a command of the user reached the app within
+        the interval, so it kept them alive already."""
+        keepalive = self.cfg.upstream.keepalive
+        if keepalive is None or not keepalive.commands_count:
+            return False
+        last = session.last_command.get(user)
+        return last is not None and time.monotonic() - last < every
+
+    def commanded(self, session: Session, user: str) -> None:
+        """A command of the user reached the app (and was answered)."""
+        session.last_command[user] = time.monotonic()
+
     # ------------------------------------------------------------------ requests for a user
     def user_request(
         self,
@@ -319,6 +338,13 @@ class Membership:
         try:
             if route is None:
                 return
+            if name == "keepalive":
+                if self._active(session, user, route.every):
+                    return
+                # each user's keep-alive goes at a phase of its own within the first
+                # half of the interval, the same every time: those of a mass arrival
+                # (due together) reach the app spread out, never all at once
+                await asyncio.sleep(route.every * 0.5 * spread(f"{session.id}\n{user}"))
             if ctx_user is None:
                 ctx_user = session.users.get(user)
             params: Mapping[str, str] = ctx_user.params if ctx_user else {}

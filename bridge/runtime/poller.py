@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import random
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -108,6 +109,12 @@ class Poller:
         return min(MAX_BACKOFF, every * 2.0 ** min(failures, 5))
 
     async def _loop(self, session: Session) -> None:
+        """Rounds on a grid of ``state.every`` with a random phase per session, so
+        the sessions' polls spread over the interval; a round asked for at once
+        (after an acked command) does not move the grid, so sessions never fall
+        into step after a burst of commands. After a failure: backing off."""
+        every = self.cfg.upstream.state.every
+        next_at = time.monotonic() + every * (0.5 + random.random())  # a phase of its own
         while self.sessions.get(session.id) is session and self.backplane.owns(session):
             session.refresh.clear()
             try:
@@ -115,8 +122,14 @@ class Poller:
             except Exception:  # a bug of ours: said loudly; the poller goes on, backing off
                 log.exception("state poll of session %s failed", session.id)
                 self._failed(session, f"state poll of session {session.id} failed")
+            now = time.monotonic()
+            every = self.cfg.upstream.state.every
+            if session.poll_failures:
+                next_at = now + self.delay(session)
+            elif next_at <= now:
+                next_at += every * (1 + (now - next_at) // every)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(session.refresh.wait(), self.delay(session))
+                await asyncio.wait_for(session.refresh.wait(), next_at - now)
 
     def _user_for(self, session: Session) -> str | None:
         """``as: present_user``: the user whose context the state request takes —

@@ -38,8 +38,10 @@ from yarl import URL
 
 from ..config import Route, StatePart, StateRoute, Upstream
 from ..core.breaker import STATE_VALUES, CircuitBreaker
+from ..core.limiter import Outcome
 from ..exceptions import (
     CircuitOpen,
+    UpstreamBusy,
     UpstreamError,
     UpstreamFailed,
     UpstreamRejected,
@@ -51,6 +53,7 @@ from ..metrics import Metrics, status_label
 from ..protocol import backoff
 from . import hooks
 from .answers import Captured, Unusable, decode_json, rejection, take_captures
+from .limits import UpstreamLimits, kind_of
 from .templates import MISSING, lookup, render_fields, render_json, render_path
 
 log = logging.getLogger("bridge.upstream")
@@ -104,6 +107,19 @@ def select(payload: Any, path: str | None) -> Any:
     return None if value is MISSING else value
 
 
+#: the longest a Retry-After holds every request (seconds)
+MAX_PAUSE = 30.0
+
+
+def _outcome(resp: Response) -> Outcome:
+    """What an answer says about the app's capacity (core/limiter.py)."""
+    if resp.status in (429, 502, 503, 504):
+        return "overload"
+    if resp.status < 500:
+        return "ok"
+    return "other"  # one session's 500
+
+
 def _retry_after(headers: Mapping[str, str]) -> float | None:
     value = headers.get("Retry-After")
     if value is None:
@@ -131,6 +147,7 @@ class UpstreamClient:
             trial_timeout=cfg.timeout + 1.0,  # a request never outlives its timeout
         )
         self._timeout = aiohttp.ClientTimeout(total=cfg.timeout)
+        self.limits = UpstreamLimits(cfg, metrics)
         #: the config file's folder (decode hooks are looked up there first)
         self.base_dir = base_dir
         metrics.breaker_state.set(0)
@@ -145,6 +162,7 @@ class UpstreamClient:
         self.breaker.recovery = cfg.breaker.recovery
         self.breaker.trial_timeout = cfg.timeout + 1.0
         self._timeout = aiohttp.ClientTimeout(total=cfg.timeout)
+        self.limits.reconfigure(cfg)
 
     def _update_breaker_gauge(self) -> None:
         self.metrics.breaker_state.set(STATE_VALUES[self.breaker.state(time.monotonic())])
@@ -202,6 +220,28 @@ class UpstreamClient:
             elapsed = time.monotonic() - started
             self.metrics.upstream_duration.labels(name).observe(elapsed)
             self.metrics.upstream_requests.labels(name, status_label(status)).inc()
+
+    async def _send_limited(
+        self, name: str, req: Prepared, uses_answer: bool, scope: str | None
+    ) -> Response:
+        """One try, when its turn comes (upstream/limits.py); its outcome teaches
+        the adaptive limit. Raises UpstreamBusy when the queue is full."""
+        ticket = await self.limits.acquire(kind_of(name), scope)
+        started = time.monotonic()
+        try:
+            resp = await self._send_once(name, req, uses_answer)
+        except (UpstreamTimeout, UpstreamUnavailable):  # no answer in time, or none at all
+            self.limits.release(ticket, "overload", time.monotonic() - started)
+            raise
+        except BaseException:  # cancelled, a broken answer: nothing learned
+            self.limits.release(ticket, "other", time.monotonic() - started)
+            raise
+        self.limits.release(ticket, _outcome(resp), time.monotonic() - started)
+        if resp.status in (429, 503):
+            hint = _retry_after(resp.headers)
+            if hint is not None:  # asked to wait: every request waits, not only retries
+                self.limits.pause(min(hint, MAX_PAUSE))
+        return resp
 
     def prepare(
         self,
@@ -305,9 +345,12 @@ class UpstreamClient:
                 self.metrics.upstream_requests.labels(name, "breaker_open").inc()
                 raise CircuitOpen("upstream circuit breaker is open")
             try:
-                resp = await self._send_once(name, prepared, uses_answer)
+                resp = await self._send_limited(name, prepared, uses_answer, scope)
                 if uses_answer and 200 <= resp.status < 300:
                     resp = await self._use(name, route, resp)
+            except UpstreamBusy:  # not sent (the queue is full): no verdict
+                self.breaker.release(permit)
+                raise
             except UpstreamRejected:  # reject_when: the app is alive and said no
                 self.breaker.success(scope)
                 self._update_breaker_gauge()
