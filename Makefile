@@ -75,12 +75,14 @@ bench: $(STAMP)
 	$(PY) bench/fanout.py
 	$(PY) bench/transports.py
 	$(PY) bench/passthrough.py
+	$(PY) bench/upstream_load.py
 
 bench-smoke: $(STAMP)
 	$(PY) bench/fanout.py --smoke
 	$(PY) bench/fanout.py --smoke --servers bridge --backplane redis --instances 2
 	$(PY) bench/transports.py --smoke
 	$(PY) bench/passthrough.py --smoke
+	$(PY) bench/upstream_load.py --smoke
 
 # The chaos test at a larger scale than CI's (120 clients, 60 s).
 chaos: $(STAMP)

@@ -163,8 +163,11 @@ def test_resize():
     assert lim.max_limit == 16 and lim.limit == 4.0  # keeps what it learned
     lim.resize(2, adaptive=True)
     assert lim.limit == 2.0 and lim.min_limit == 1
+    assert lim.adaptive is True
     lim.resize(6, adaptive=False)
-    assert lim.limit == 6.0 and not lim.adaptive
+    assert lim.limit == 6.0 and lim.adaptive is False
+    lim.done(lim.start(), "overload", 0.1)
+    assert lim.limit == 6.0  # not adaptive any more: it stays
     low = Limiter(8, min_limit=4)
     low.resize(3, adaptive=True)
     assert low.min_limit == 3
