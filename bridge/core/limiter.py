@@ -33,7 +33,7 @@ TOLERANCE = 2.0
 #: ... and only if it is also this long (seconds): jitter of fast apps is not queueing
 MIN_QUEUEING = 0.01
 #: the share of the difference the no-load latency moves towards each success's latency
-DRIFT = 0.01
+DRIFT = 0.001
 #: what overload keeps of the limit
 BACKOFF = 0.5
 #: what queueing keeps of the limit

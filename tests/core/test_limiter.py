@@ -16,7 +16,7 @@ from bridge.core.limiter import (
 
 
 def test_constants_are_the_documented_ones():
-    assert (TOLERANCE, MIN_QUEUEING, DRIFT, BACKOFF, EASE) == (2.0, 0.01, 0.01, 0.5, 0.9)
+    assert (TOLERANCE, MIN_QUEUEING, DRIFT, BACKOFF, EASE) == (2.0, 0.01, 0.001, 0.5, 0.9)
 
 
 def test_starts_at_the_maximum_and_counts_what_is_in_flight():
