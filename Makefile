@@ -76,6 +76,7 @@ bench: $(STAMP)
 	$(PY) bench/transports.py
 	$(PY) bench/passthrough.py
 	$(PY) bench/upstream_load.py
+	$(PY) bench/intercept.py
 
 bench-smoke: $(STAMP)
 	$(PY) bench/fanout.py --smoke
@@ -83,6 +84,7 @@ bench-smoke: $(STAMP)
 	$(PY) bench/transports.py --smoke
 	$(PY) bench/passthrough.py --smoke
 	$(PY) bench/upstream_load.py --smoke
+	$(PY) bench/intercept.py --smoke
 
 # The chaos test at a larger scale than CI's (120 clients, 60 s).
 chaos: $(STAMP)
