@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import socket
 import sys
 import tempfile
 import time
@@ -25,16 +24,11 @@ from pathlib import Path
 
 import aiohttp
 from aiohttp import web
+from fanout import free_port, wait_http
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = json.dumps({"id": "s1", "users": [{"id": f"u{i}", "voted": True} for i in range(5)]})
 BIG = bytes(range(256)) * 4096  # 1 MiB
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def serve_app(port: int) -> None:
@@ -52,21 +46,6 @@ def serve_app(port: int) -> None:
     app.router.add_get("/big", big)
     app.router.add_get("/api/sessions/{sid}", state)
     web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None)
-
-
-async def wait_http(url: str, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    async with aiohttp.ClientSession() as http:
-        while True:
-            try:
-                async with http.get(url) as r:
-                    if r.status < 500:
-                        return
-            except aiohttp.ClientError:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{url} did not answer")
-            await asyncio.sleep(0.1)
 
 
 async def load(url: str, clients: int, seconds: float) -> dict[str, float]:

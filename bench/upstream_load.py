@@ -30,7 +30,6 @@ import asyncio
 import json
 import random
 import signal
-import socket
 import sys
 import tempfile
 import time
@@ -39,6 +38,7 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
+from fanout import free_port, wait_http
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -48,12 +48,6 @@ from bridge.client import BridgeClient  # noqa: E402
 CAPACITY = 4
 WORK = 0.02
 EXPIRY = 30.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def serve_app(port: int, mode: str) -> None:
@@ -178,19 +172,7 @@ class Bench:
             sys.executable, "-m", "bridge", "run", "--config", str(cfg), cwd=ROOT,
             stdout=asyncio.subprocess.DEVNULL,
         )  # fmt: skip
-        await self.wait(f"http://127.0.0.1:{self.bridge_port}/readyz")
-
-    async def wait(self, url: str) -> None:
-        async with aiohttp.ClientSession() as http:
-            for _ in range(200):
-                try:
-                    async with http.get(url) as r:
-                        if r.status < 500:
-                            return
-                except aiohttp.ClientError:
-                    pass
-                await asyncio.sleep(0.1)
-        raise TimeoutError(url)
+        await wait_http(f"http://127.0.0.1:{self.bridge_port}/readyz")
 
     async def app_stats(self, http: aiohttp.ClientSession, reset: bool = False) -> dict[str, Any]:
         url = f"http://127.0.0.1:{self.app_port}/" + ("_phase" if reset else "_stats")
@@ -222,7 +204,7 @@ class Bench:
         port, mode = str(self.app_port), self.args.mode
         app = [sys.executable, __file__, "--serve-app", port, "--mode", mode]
         self.procs.append(await asyncio.create_subprocess_exec(*app))
-        await self.wait(f"http://127.0.0.1:{self.app_port}/_stats")
+        await wait_http(f"http://127.0.0.1:{self.app_port}/_stats")
         await self.start_bridge()
         n_sessions, n_users = self.args.sessions, self.args.users
         connector = aiohttp.TCPConnector(limit=0)

@@ -87,8 +87,12 @@ class Intercept:
         if copy is None and self.cfg.upstream.state.select is None:
             latest = session.hub.log.latest("session")
             if latest is not None:  # the state the shared stream carries, as JSON
-                raw = json.dumps(latest.message["payload"], separators=(",", ":")).encode()
-                copy = (raw, "application/json", copy_etag(raw))
+                cached = session.stream_copy
+                if cached is None or cached[0] != latest.seq:  # encoded once per state
+                    raw = json.dumps(latest.message["payload"], separators=(",", ":")).encode()
+                    cached = session.stream_copy = (latest.seq, (raw, "application/json",
+                                                                 copy_etag(raw)))  # fmt: skip
+                copy = cached[1]
         if copy is None:
             return None
         body, ctype, etag = copy

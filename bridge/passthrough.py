@@ -93,9 +93,22 @@ class PassThrough:
     """One per app: its own HTTP client (no cookie jar, no decompression)."""
 
     def __init__(self, cfg: Config, metrics: Metrics) -> None:
-        self.cfg = cfg
         self.metrics = metrics
         self.http: aiohttp.ClientSession | None = None
+        self.cfg = cfg
+
+    @property
+    def cfg(self) -> Config:
+        return self._cfg
+
+    @cfg.setter
+    def cfg(self, cfg: Config) -> None:
+        """A (reloaded) configuration, and the bridge's own paths it names."""
+        self._cfg = cfg
+        mine = {p.lower().rstrip("/") for p in vars(cfg.paths).values()}
+        if cfg.upstream.push is not None:
+            mine.add(cfg.upstream.push.path.lower().rstrip("/"))
+        self._own = frozenset(mine)
 
     async def start(self) -> None:
         self.http = aiohttp.ClientSession(
@@ -112,12 +125,7 @@ class PassThrough:
     def own(self, path: str) -> bool:
         """Whether a (decoded) path is the bridge's, whatever its case."""
         low = path.lower().rstrip("/") or "/"
-        if low == "/bridge" or low.startswith("/bridge/"):
-            return True
-        mine = {p.lower().rstrip("/") for p in vars(self.cfg.paths).values()}
-        if self.cfg.upstream.push is not None:
-            mine.add(self.cfg.upstream.push.path.lower().rstrip("/"))
-        return low in mine
+        return low == "/bridge" or low.startswith("/bridge/") or low in self._own
 
     def target(self, request: web.Request) -> URL:
         """Always upstream.url: only the request's path and query are taken."""

@@ -81,9 +81,15 @@ def spread(key: str) -> float:
     return zlib.crc32(key.encode("utf-8", "surrogatepass")) / 2**32
 
 
-def uses_captures(cfg: Config) -> bool:
-    """Whether any route captures values (then they are shared through the backplane)."""
-    return cfg.upstream.uses_captures
+def merge_context(
+    session: Session, user: str, found: tuple[dict[str, Any], dict[str, Any]] | None
+) -> None:
+    """Take what the backplane says was captured (``Backplane.context``)."""
+    if found is not None:
+        values, shared = found
+        if values and user:
+            session.values.setdefault(user, {}).update(values)
+        session.shared.update(shared)
 
 
 class Membership:
@@ -191,14 +197,8 @@ class Membership:
     async def load_context(self, session: Session, user: str) -> None:
         """With a shared backplane, what other instances captured for the user and
         the session (captures being used at all)."""
-        if not (self.backplane.shared and uses_captures(self.cfg)):
-            return
-        found = await self.backplane.context(session, user)
-        if found is not None:
-            values, shared = found
-            if values:
-                session.values.setdefault(user, {}).update(values)
-            session.shared.update(shared)
+        if self.backplane.shared and self.cfg.upstream.uses_captures:
+            merge_context(session, user, await self.backplane.context(session, user))
 
     async def remember(self, session: Session, user: str | None, captured: Captured) -> None:
         """Keep captured values (for every instance, with a shared backplane)."""

@@ -37,7 +37,7 @@ from ..exceptions import (
 from ..metrics import Metrics
 from ..protocol.values import problem
 from ..upstream.client import StateResult, UpstreamClient
-from .membership import context_of, uses_captures
+from .membership import context_of, merge_context
 from .session import PartState, Session
 from .sessions import Sessions
 
@@ -165,7 +165,7 @@ class Poller:
         """One state request (or one of each part due); None when nobody is usable.
         Raises UpstreamError and RenderError (every part failing)."""
         state = self.cfg.upstream.state
-        if self.backplane.shared and uses_captures(self.cfg):
+        if self.backplane.shared and self.cfg.upstream.uses_captures:
             await self._refresh_context(session, who)
         found = self._context(session, who)
         if found is None:
@@ -219,12 +219,7 @@ class Poller:
         """What other instances captured (for the session, and for the user the
         state request is sent as), before each round."""
         user = who.user if who is not None else (self._user_for(session) or "")
-        found = await self.backplane.context(session, user)
-        if found is not None:
-            values, shared = found
-            if values and user:
-                session.values.setdefault(user, {}).update(values)
-            session.shared.update(shared)
+        merge_context(session, user, await self.backplane.context(session, user))
 
     async def _keep(self, session: Session, result: StateResult) -> None:
         """Session values captured from a state answer."""

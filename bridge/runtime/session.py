@@ -104,6 +104,8 @@ class Session:
     followed_until: float = 0.0
     #: state.intercept: the whole answer was asked for once (a session polled before)
     copy_asked: bool = False
+    #: state.intercept on an instance that does not poll: (seq, copy) of the stream's state
+    stream_copy: tuple[int, tuple[bytes, str, str]] | None = None
     #: userId → when a command of theirs was last answered by the app (keepalive.commands_count)
     last_command: dict[str, float] = field(default_factory=dict)
 
