@@ -322,3 +322,21 @@ async def test_a_user_joining_on_another_instance_is_not_refused_as_unknown(
     assert len(a.commands("/join")) == 1  # one join for the user, from a
     await client.close()
     await second.close()
+
+
+async def test_a_call_fired_just_before_stop_is_closed_not_left_unawaited(make_stack, redis_server):
+    # Redis lost right before a stop: the health change fires "drop the stale
+    # connections", and the stop cancels that task before its first step. The call
+    # it wraps must be closed then (seen in CI as "coroutine ... never awaited").
+    a = await make_stack({"backplane": {"kind": "redis", "url": redis_server.url}})
+    bp = backplane(a)
+    ran: list[int] = []
+
+    async def call() -> None:
+        ran.append(1)
+
+    pending = call()
+    bp._fire(pending, "a call")
+    await bp.stop()
+    assert ran == []  # it never ran ...
+    assert pending.cr_frame is None  # ... and it was closed, not left pending

@@ -396,7 +396,12 @@ class RedisBackplane:
             with contextlib.suppress(*OUTAGE):
                 await aw
 
-        self.tasks.spawn(run(), what)
+        task = self.tasks.spawn(run(), what)
+        if asyncio.iscoroutine(aw):
+            # a task cancelled before its first step (a close right after) never
+            # awaits ``aw``: close it then, so it is not left "never awaited"
+            coro = aw
+            task.add_done_callback(lambda _t: coro.close())
 
     async def _reader_loop(self) -> None:
         """The one pub/sub connection of this instance; resubscribes after a failure."""
