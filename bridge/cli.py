@@ -164,7 +164,6 @@ async def serve(app: web.Application, cfg: Config) -> None:
 async def _demo(host: str, port: int, backend_port: int) -> None:
     from .app import make_app
     from .demo.backend import make_backend_app
-    from .demo.page import add_demo_page
 
     backend = web.AppRunner(make_backend_app(), access_log=None)
     await backend.setup()
@@ -181,8 +180,7 @@ async def _demo(host: str, port: int, backend_port: int) -> None:
             "presence": {"grace": "10s"},
         }
     )
-    app = make_app(cfg)
-    add_demo_page(app)
+    app = make_app(cfg)  # the app's page, login and cookie pass through
     bridge = web.AppRunner(app, access_log=None)
     await bridge.setup()
     try:
@@ -195,7 +193,10 @@ async def _demo(host: str, port: int, backend_port: int) -> None:
     shown = "127.0.0.1" if host in ("0.0.0.0", "") else host
     print(f"legacy estimation backend: http://127.0.0.1:{actual_backend_port}", flush=True)
     print(f"planning poker through the bridge: http://{shown}:{port}/", flush=True)
-    print("open it in two browser tabs; Ctrl-C stops the demo", flush=True)
+    print(
+        "open it in two browser tabs (the app's page, log in with any name); Ctrl-C stops the demo",
+        flush=True,
+    )
     try:
         await asyncio.Event().wait()
     finally:

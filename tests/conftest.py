@@ -20,7 +20,6 @@ from aiohttp.test_utils import TestServer
 from bridge.app import make_app
 from bridge.config import Config, config_from_dict
 from bridge.demo.backend import BACKEND, Backend, make_backend_app
-from bridge.demo.page import add_demo_page
 from bridge.transports.common import BRIDGE
 
 
@@ -292,7 +291,6 @@ async def make_stack(aiohttp_server):
     async def make(
         overrides: dict[str, Any] | None = None,
         backend_expiry: float = 30.0,
-        demo_page: bool = False,
         pages: dict[str, str] | None = None,
     ) -> Stack:
         backend_server = await aiohttp_server(make_backend_app(backend_expiry))
@@ -301,8 +299,6 @@ async def make_stack(aiohttp_server):
 
         def build() -> web.Application:
             app = make_app(cfg)
-            if demo_page:
-                add_demo_page(app)
             for path, html in (pages or {}).items():
                 app.router.add_get(path, _page(html))
             return app

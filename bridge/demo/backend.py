@@ -5,6 +5,14 @@ heartbeat, users expire ``expiry`` seconds after their last heartbeat, and the
 state at ``GET /api/sessions/{id}`` (with an ETag). It knows nothing of the
 bridge; the bridge is put in front of it.
 
+It serves its own planning-poker page (``/``) and a login: ``POST /api/login``
+mints a player id and sets an HttpOnly cookie, ``GET /api/me`` says who the
+cookie belongs to, ``POST /api/logout`` ends it. A join or vote that carries a
+login cookie must be for that cookie's player (403 otherwise); one without a
+cookie is taken as it comes, as the tests' clients send them. Through the
+bridge the page, its login and its cookie pass through untouched, and the
+bridge forwards the browser's cookie on every command (``forward_headers``).
+
 For tests and the demo it also records what it was asked (``GET /_demo/stats``)
 and can be told to fail (``POST /_demo/faults``).
 """
@@ -15,13 +23,18 @@ import asyncio
 import hashlib
 import json
 import random
+import secrets
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
+PAGE = Path(__file__).parent / "index.html"
+#: the login cookie this app sets (HttpOnly: the page never reads it)
+LOGIN_COOKIE = "poker_login"
 CARDS = ["0", "1", "2", "3", "5", "8", "13", "21", "?", "coffee"]
 
 
@@ -70,6 +83,8 @@ class Backend:
         #: when set, only requests to these paths are stalled
         self.stall_paths: set[str] = set()
         self.faults_injected = 0
+        #: login token → (player id, name)
+        self.logins: dict[str, tuple[str, str]] = {}
 
     def _expire(self, session: Session) -> None:
         now = time.monotonic()
@@ -140,6 +155,55 @@ class Backend:
             )
         return user
 
+    def _login(self, request: web.Request) -> tuple[str, str] | None:
+        token = request.cookies.get(LOGIN_COOKIE)
+        return self.logins.get(token) if token else None
+
+    def _check_login(self, request: web.Request, uid: str) -> None:
+        """A request with a login cookie acts for that player only."""
+        if LOGIN_COOKIE not in request.cookies:
+            return
+        who = self._login(request)
+        if who is None:
+            raise web.HTTPUnauthorized(
+                text='{"error":"login expired"}', content_type="application/json"
+            )
+        if who[0] != uid:
+            raise web.HTTPForbidden(
+                text='{"error":"not your player"}', content_type="application/json"
+            )
+
+    async def page(self, request: web.Request) -> web.StreamResponse:
+        return web.FileResponse(PAGE, headers={"Cache-Control": "no-cache"})
+
+    async def login(self, request: web.Request) -> web.Response:
+        """JSON ``{"name"}`` or a form; mints the player's id, sets the cookie."""
+        if request.content_type == "application/json":
+            body = await self._body(request)
+        else:
+            body = dict(await request.post())
+        name = str(body.get("name") or "").strip()
+        if not name or len(name) > 60:
+            return web.json_response({"error": "a name of 1 to 60 characters"}, status=400)
+        token = secrets.token_urlsafe(24)
+        player = "p" + secrets.token_hex(5)
+        self.logins[token] = (player, name)
+        response = web.json_response({"id": player, "name": name})
+        response.set_cookie(LOGIN_COOKIE, token, httponly=True, samesite="Lax", path="/")
+        return response
+
+    async def me(self, request: web.Request) -> web.Response:
+        who = self._login(request)
+        if who is None:
+            return web.json_response({"error": "not logged in"}, status=401)
+        return web.json_response({"id": who[0], "name": who[1]})
+
+    async def logout(self, request: web.Request) -> web.Response:
+        self.logins.pop(request.cookies.get(LOGIN_COOKIE, ""), None)
+        response = web.json_response({"ok": True})
+        response.del_cookie(LOGIN_COOKIE, path="/")
+        return response
+
     async def join(self, request: web.Request) -> web.Response:
         body = await self._body(request)  # received, then worked on (the faults)
         await self._faults(request)
@@ -149,6 +213,7 @@ class Backend:
             return web.json_response({"error": "userId required"}, status=400)
         if uid.startswith("banned"):
             return web.json_response({"error": "not allowed"}, status=403)
+        self._check_login(request, uid)
         session = self._session(request, create=True)
         name = body.get("name") or uid
         session.users[uid] = User(str(name), time.monotonic())
@@ -160,6 +225,7 @@ class Backend:
         self._record(request, body)
         session = self._session(request)
         uid = request.match_info["uid"]
+        self._check_login(request, uid)
         user = self._member(session, uid)
         user.last_seen = time.monotonic()
         vote = body.get("vote")
@@ -253,6 +319,11 @@ def make_backend_app(expiry: float = 30.0) -> web.Application:
     app = web.Application(middlewares=[finish_requests])
     app[BACKEND] = backend
     r = app.router
+    r.add_get("/", backend.page)
+    r.add_get("/demo", backend.page)
+    r.add_post("/api/login", backend.login)
+    r.add_get("/api/me", backend.me)
+    r.add_post("/api/logout", backend.logout)
     r.add_post("/api/sessions/{sid}/join", backend.join)
     r.add_put("/api/sessions/{sid}/votes/{uid}", backend.vote)
     r.add_post("/api/sessions/{sid}/reveal", backend.reveal)

@@ -124,7 +124,7 @@ async def test_votes_queued_while_the_bridge_is_down_are_delivered_once(make_sta
 
 
 async def test_pages_converge_after_a_bridge_restart(make_stack, browser):
-    stack = await make_stack(FAST_RECONNECT, demo_page=True, pages={"/t": PAGE})
+    stack = await make_stack(FAST_RECONNECT, pages={"/t": PAGE})
     pages = [await open_page(browser, stack, "conv", u) for u in ("p1", "p2", "p3")]
     for page in pages:
         await wait_js(page, "window.mgr && window.mgr.getState().isConnected")
