@@ -76,6 +76,7 @@ bench: $(STAMP)
 	$(PY) bench/transports.py
 	$(PY) bench/passthrough.py
 	$(PY) bench/upstream_load.py
+	$(PY) bench/upstream_load.py --mode queue
 	$(PY) bench/intercept.py
 
 bench-smoke: $(STAMP)

@@ -7,18 +7,22 @@ concurrency-limits do it):
    ``min_limit`` and ``max_limit`` and starts at ``max_limit``. Not adaptive:
    it stays there.
 2. **Overload** (the app answered 429 or 503, timed out, or could not be
-   reached) cuts the limit in half. **Queueing** (a success that took over
-   ``TOLERANCE`` × the no-load latency, and over ``MIN_QUEUEING`` seconds)
-   cuts it by a tenth. Either happens once per flight: only a request that
+   reached) cuts the limit in half. **Queueing** cuts it by a tenth: a success
+   whose latency says that more than ``QUEUE`` requests were waiting at the app
+   (Vegas' estimate: ``company × (1 − no_load / latency)``, ``company`` being
+   the requests in flight when it started, itself included) and that waited
+   over ``MIN_QUEUEING`` seconds more than the no-load latency (jitter of fast
+   apps is not queueing). Either happens once per flight: only a request that
    started after the last cut may cut again, so a burst of failures from
    requests sent together counts once.
 3. A success with no queueing, of a request sent while the limit was in use
    (``saturated``), grows the limit by ``1/limit`` (one per limit's worth of
    such successes). A success while the app was not held back says nothing
    about more, and changes nothing.
-4. The no-load latency is the shortest latency seen, drifting slowly (by
-   ``DRIFT`` of the difference per success) towards the latencies seen, so an
-   app that got slower for good is not read as queueing for ever.
+4. The no-load latency is the shortest latency of the last two windows of
+   ``WINDOW`` successes (a windowed minimum, as BBR keeps its min RTT): a
+   sample taken while the app queued never raises it, and an app that got
+   slower for good is seen as it is within two windows.
 5. :meth:`Limiter.pause` (the app's ``Retry-After``) lets nothing start
    before the given time, whatever the limit.
 """
@@ -28,12 +32,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-#: a success this many times the no-load latency is queueing
-TOLERANCE = 2.0
-#: ... and only if it is also this long (seconds): jitter of fast apps is not queueing
+#: more requests than this waiting at the app (Vegas' estimate) is queueing
+QUEUE = 2.0
+#: ... and only if it also waited this much longer than no-load (seconds)
 MIN_QUEUEING = 0.01
-#: the share of the difference the no-load latency moves towards each success's latency
-DRIFT = 0.001
+#: successes per window of the no-load latency's windowed minimum
+WINDOW = 500
 #: what overload keeps of the limit
 BACKOFF = 0.5
 #: what queueing keeps of the limit
@@ -50,11 +54,13 @@ class Ticket:
     cuts: int
     #: the limit was in use when it started (rule 3)
     saturated: bool
+    #: requests in flight when it started, itself included (rule 2)
+    company: int = 1
 
 
 class Limiter:
     __slots__ = ("max_limit", "min_limit", "adaptive", "limit", "in_flight", "cuts", "best",
-                 "paused_until")  # fmt: skip
+                 "paused_until", "_window_best", "_window_seen")  # fmt: skip
 
     def __init__(self, max_limit: int, min_limit: int = 1, adaptive: bool = True) -> None:
         self.max_limit = max_limit
@@ -66,6 +72,9 @@ class Limiter:
         #: the no-load latency (None: no success seen yet)
         self.best: float | None = None
         self.paused_until = 0.0
+        #: the shortest latency of the current window, and its successes so far
+        self._window_best: float | None = None
+        self._window_seen = 0
 
     @property
     def allowed(self) -> int:
@@ -80,7 +89,7 @@ class Limiter:
         """A request starts (after :meth:`ready`)."""
         saturated = self.in_flight + 1 >= self.allowed
         self.in_flight += 1
-        return Ticket(self.cuts, saturated)
+        return Ticket(self.cuts, saturated, self.in_flight)
 
     def done(self, ticket: Ticket, outcome: Outcome, latency: float) -> None:
         """A request ended: ``ok`` (2xx-3xx, or a 4xx: the app answered in time),
@@ -92,12 +101,29 @@ class Limiter:
         if outcome == "overload":
             self._cut(ticket, BACKOFF)
         elif outcome == "ok":
-            best = self.best
-            if best is not None and latency > TOLERANCE * best and latency > MIN_QUEUEING:
+            if self._queueing(ticket, latency):
                 self._cut(ticket, EASE)
             elif ticket.saturated:
                 self.limit = min(float(self.max_limit), self.limit + 1.0 / self.limit)
-            self.best = latency if best is None else min(latency, best + (latency - best) * DRIFT)
+            self._sample(latency)
+
+    def _queueing(self, ticket: Ticket, latency: float) -> bool:
+        best = self.best
+        if best is None or latency - best <= MIN_QUEUEING:
+            return False
+        return ticket.company * (1.0 - best / latency) > QUEUE
+
+    def _sample(self, latency: float) -> None:
+        """Rule 4: the windowed minimum."""
+        window = self._window_best
+        window = latency if window is None else min(window, latency)
+        self.best = latency if self.best is None else min(self.best, latency)
+        self._window_seen += 1
+        if self._window_seen >= WINDOW:  # the older window ends: the minimum is this one's
+            self.best = window
+            window = None
+            self._window_seen = 0
+        self._window_best = window
 
     def _cut(self, ticket: Ticket, keep: float) -> None:
         if ticket.cuts != self.cuts:  # sent before the last cut: that flight was counted

@@ -269,6 +269,9 @@ class Bridge:
     async def stop(self) -> None:
         """Close every connection (1001) and end every task. Sends no leaves."""
         self.admitter.closing = True
+        # first: no request of ours starts any more (each one cut short below
+        # would otherwise hand its slot to the next, which the app then gets too)
+        self.upstream.limits.close()
         for conn in list(self.connections.values()):
             conn.close(1001, "server shutting down")
         for session in list(self.sessions.values()):

@@ -13,6 +13,12 @@
 
 Cancellation-safe: a waiter cancelled before its turn leaves the queue; one
 cancelled as its turn came gives the slot back.
+
+Closed (:meth:`UpstreamLimits.close`, the bridge stopping) nothing starts any
+more: every waiter, and every later request, is refused ``UpstreamUnavailable``.
+Without that, each request cut short by the stop would hand its slot to the
+next waiter, whose request the app gets an instant before it too is cut: the
+app was left with many more abandoned requests than the limit.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from typing import Literal
 
 from ..config import Upstream
 from ..core.limiter import Limiter, Outcome, Ticket
-from ..exceptions import UpstreamBusy
+from ..exceptions import UpstreamBusy, UpstreamUnavailable
 from ..metrics import Metrics
 
 Kind = Literal["command", "keepalive", "poll"]
@@ -57,6 +63,7 @@ class UpstreamLimits:
         self._queues: list[OrderedDict[str, deque[Waiter]]] = [OrderedDict() for _ in PRIORITY]
         self.waiting = 0
         self._timer: asyncio.TimerHandle | None = None
+        self.closed = False
         self._gauges()
 
     def reconfigure(self, cfg: Upstream) -> None:
@@ -69,7 +76,10 @@ class UpstreamLimits:
         self.metrics.upstream_limit.set(self.limiter.limit)
 
     async def acquire(self, kind: Kind, scope: str | None) -> Ticket:
-        """Wait for a turn. Raises UpstreamBusy when the queue is full."""
+        """Wait for a turn. Raises UpstreamBusy when the queue is full,
+        UpstreamUnavailable once closed."""
+        if self.closed:
+            raise UpstreamUnavailable("the bridge is stopping")
         now = time.monotonic()
         if not self.waiting and self.limiter.ready(now):
             return self._start(now, now)
@@ -86,7 +96,8 @@ class UpstreamLimits:
             return await fut
         except BaseException:
             if fut.done() and not fut.cancelled():
-                self.release(fut.result(), "other", 0.0)  # our turn came as we were cancelled
+                if fut.exception() is None:  # our turn came as we were cancelled
+                    self.release(fut.result(), "other", 0.0)
             else:
                 self._forget(waiter, kind, scope or "")
             raise
@@ -112,11 +123,27 @@ class UpstreamLimits:
         self._gauges()
         self._dispatch()
 
+    def close(self) -> None:
+        """Nothing starts from now on; every waiter is refused at once."""
+        self.closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        for queues in self._queues:
+            for queue in queues.values():
+                for waiter in queue:
+                    if not waiter.future.done():
+                        waiter.future.set_exception(UpstreamUnavailable("the bridge is stopping"))
+            queues.clear()
+        self.waiting = 0
+
     def pause(self, seconds: float) -> None:
         """The app said Retry-After: nothing starts for that long (capped by the caller)."""
         self.limiter.pause(time.monotonic() + seconds)
 
     def _dispatch(self) -> None:
+        if self.closed:
+            return
         now = time.monotonic()
         while self.waiting and self.limiter.ready(now):
             waiter = self._next()

@@ -6,17 +6,17 @@ from hypothesis import strategies as st
 
 from bridge.core.limiter import (
     BACKOFF,
-    DRIFT,
     EASE,
     MIN_QUEUEING,
-    TOLERANCE,
+    QUEUE,
+    WINDOW,
     Limiter,
     Ticket,
 )
 
 
 def test_constants_are_the_documented_ones():
-    assert (TOLERANCE, MIN_QUEUEING, DRIFT, BACKOFF, EASE) == (2.0, 0.01, 0.001, 0.5, 0.9)
+    assert (QUEUE, MIN_QUEUEING, WINDOW, BACKOFF, EASE) == (2.0, 0.01, 500, 0.5, 0.9)
 
 
 def test_starts_at_the_maximum_and_counts_what_is_in_flight():
@@ -36,10 +36,19 @@ def test_starts_at_the_maximum_and_counts_what_is_in_flight():
 
 def test_saturated_means_the_start_filled_the_limit():
     lim = Limiter(2)
-    assert lim.start() == Ticket(0, False)
-    assert lim.start() == Ticket(0, True)
+    assert lim.start() == Ticket(0, False, 1)
+    assert lim.start() == Ticket(0, True, 2)
     one = Limiter(1)
     assert one.start().saturated
+    assert Ticket(0, False).company == 1  # alone, unless said otherwise
+
+
+def test_company_counts_what_was_in_flight_at_the_start_itself_included():
+    lim = Limiter(5)
+    a, b = lim.start(), lim.start()
+    lim.done(a, "ok", 0.1)
+    c = lim.start()
+    assert (a.company, b.company, c.company) == (1, 2, 2)
 
 
 def test_overload_halves_once_per_flight():
@@ -93,37 +102,71 @@ def test_queueing_eases_it_once_per_flight():
     assert lim.best == 0.02
     flight = [lim.start() for _ in range(10)]
     for t in flight:
-        lim.done(t, "ok", 0.05)  # over 2 × 0.02 and over 10 ms: queueing
+        lim.done(t, "ok", 0.05)  # company k waited behind k × 0.6: queueing from k = 4
     assert lim.limit == pytest.approx(9.0) and lim.cuts == 1
 
 
-def test_queueing_needs_both_the_ratio_and_the_floor():
-    fast = Limiter(4)
+def ticket(company: int, cuts: int = 0, saturated: bool = False) -> Ticket:
+    return Ticket(cuts, saturated, company)
+
+
+def test_queueing_is_vegas_estimate_over_two_requests():
+    # no-load 20 ms; a request that took 40 ms with c in flight: c × (1 - 0.5) waiting
+    lim = Limiter(10)
+    lim.done(lim.start(), "ok", 0.02)
+    lim.done(ticket(4), "ok", 0.04)  # 4 × 0.5 = 2: exactly two, not over
+    assert lim.cuts == 0
+    lim.done(ticket(5), "ok", 0.04)  # 2.5 waiting: queueing
+    assert lim.cuts == 1 and lim.limit == pytest.approx(9.0)
+    alone = Limiter(10)
+    alone.done(alone.start(), "ok", 0.02)
+    alone.done(ticket(1), "ok", 5.0)  # alone, however slow: nothing queued behind it
+    assert alone.cuts == 0
+
+
+def test_queueing_needs_the_wait_over_the_floor_too():
+    fast = Limiter(40)
     fast.done(fast.start(), "ok", 0.001)
-    t = fast.start()
-    fast.done(t, "ok", 0.009)  # 9 × the best, but under 10 ms: jitter, not queueing
+    fast.done(ticket(30), "ok", 0.009)  # 26 waiting by the estimate, but 8 ms: jitter
     assert fast.cuts == 0
-    slow = Limiter(4)
-    slow.done(slow.start(), "ok", 0.1)
-    slow.done(slow.start(), "ok", 0.2)  # exactly 2 ×: not over it
-    assert slow.cuts == 0
-    slow.done(slow.start(), "ok", 0.21)
-    assert slow.cuts == 1
-    edge = Limiter(4)
-    edge.done(edge.start(), "ok", 0.004)
-    edge.done(edge.start(), "ok", 0.01)  # over 2 ×, exactly the floor: not over it
+    edge = Limiter(40)
+    edge.done(edge.start(), "ok", 0.005)
+    edge.done(ticket(30), "ok", 0.015)  # exactly 10 ms more: not over the floor
     assert edge.cuts == 0
+    edge.done(ticket(30), "ok", 0.0151)
+    assert edge.cuts == 1
 
 
-def test_the_no_load_latency_drifts_slowly_towards_what_is_seen():
+def test_the_no_load_latency_is_a_windowed_minimum():
     lim = Limiter(4)
     lim.done(lim.start(), "ok", 0.1)
     lim.done(lim.start(), "ok", 0.05)
     assert lim.best == 0.05  # a shorter one is taken as it is
     lim.done(lim.start(), "ok", 0.08)
-    assert lim.best == pytest.approx(0.05 + 0.03 * DRIFT)
-    lim.done(lim.start(), "overload", 0.5)
-    assert lim.best == pytest.approx(0.05 + 0.03 * DRIFT)  # failures are not latencies
+    assert lim.best == 0.05  # a longer one never raises it (queueing looks like that)
+    lim.done(lim.start(), "overload", 0.01)
+    assert lim.best == 0.05  # failures are not latencies
+    for _ in range(WINDOW - 3):  # the first window ends: its minimum stays the best
+        lim.done(lim.start(), "ok", 0.3)
+    assert lim.best == 0.05
+    for _ in range(WINDOW - 1):  # the app got slower for good: still the old window's
+        lim.done(lim.start(), "ok", 0.3)
+    assert lim.best == 0.05
+    lim.done(lim.start(), "ok", 0.3)  # two windows without it: the new latency
+    assert lim.best == 0.3
+    lim.done(lim.start(), "ok", 0.2)
+    assert lim.best == 0.2
+
+
+def test_an_app_that_got_slower_for_good_is_not_held_down_for_ever():
+    lim = Limiter(10)
+    for _ in range(50):
+        lim.done(lim.start(), "ok", 0.02)
+    for _ in range(3 * WINDOW):  # now 100 ms alone, and 5 in flight at a time
+        flight = [lim.start() for _ in range(min(5, lim.allowed))]
+        for t in flight:
+            lim.done(t, "ok", 0.1)
+    assert lim.best == 0.1 and lim.limit > 5.0
 
 
 def test_a_success_that_was_queueing_does_not_also_grow():
@@ -133,9 +176,7 @@ def test_a_success_that_was_queueing_does_not_also_grow():
     assert lim.limit == 1.0
     lim.done(lim.start(), "ok", 0.1)  # saturated: grows to 2
     assert lim.limit == 2.0
-    t = lim.start()
-    lim.start()
-    lim.done(t, "ok", 0.5)  # queueing: eased, not grown
+    lim.done(ticket(4, cuts=2, saturated=True), "ok", 0.5)  # queueing: eased, not grown
     assert lim.limit == pytest.approx(1.8)
 
 

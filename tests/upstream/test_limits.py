@@ -11,7 +11,7 @@ import pytest
 from aiohttp import web
 
 from bridge.config import config_from_dict
-from bridge.exceptions import UpstreamBusy
+from bridge.exceptions import UpstreamBusy, UpstreamUnavailable
 from bridge.metrics import Metrics
 from bridge.upstream.client import UpstreamClient
 from bridge.upstream.limits import UpstreamLimits, kind_of
@@ -101,6 +101,26 @@ async def test_cancelled_waiters_leave_and_a_cancelled_turn_is_given_back():
         await turn
     lim.release(await asyncio.wait_for(last, 1), "ok", 0.0)
     assert lim.limiter.in_flight == 0 and lim.waiting == 0
+
+
+async def test_closed_nothing_starts_and_every_waiter_is_refused():
+    # the bridge stopping: a request cut short gives its slot back, and the next
+    # waiter must not get it (the app would get that request too, then lose it)
+    lim = limits(max_in_flight=1)
+    held = await lim.acquire("poll", "s")
+    lim.pause(5.0)  # a Retry-After: its timer (armed by the waiters) goes too
+    waiting = [asyncio.ensure_future(lim.acquire(k, s)) for k, s in
+               (("poll", "a"), ("command", "b"), ("keepalive", "c"))]  # fmt: skip
+    await asyncio.sleep(0)
+    assert lim.waiting == 3 and lim._timer is not None
+    lim.close()
+    lim.release(held, "other", 0.0)
+    for w in waiting:
+        with pytest.raises(UpstreamUnavailable, match="stopping"):
+            await w
+    with pytest.raises(UpstreamUnavailable, match="stopping"):
+        await lim.acquire("command", "d")
+    assert lim.waiting == 0 and lim.limiter.in_flight == 0 and lim._timer is None
 
 
 async def test_retry_after_pauses_everyone():
