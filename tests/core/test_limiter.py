@@ -130,10 +130,10 @@ def test_queueing_needs_the_wait_over_the_floor_too():
     fast.done(ticket(30), "ok", 0.009)  # 26 waiting by the estimate, but 8 ms: jitter
     assert fast.cuts == 0
     edge = Limiter(40)
-    edge.done(edge.start(), "ok", 0.005)
-    edge.done(ticket(30), "ok", 0.015)  # exactly 10 ms more: not over the floor
+    edge.done(edge.start(), "ok", 0.0)  # (a no-load of 0 makes the sum below exact)
+    edge.done(ticket(30), "ok", MIN_QUEUEING)  # exactly the floor more: not over it
     assert edge.cuts == 0
-    edge.done(ticket(30), "ok", 0.0151)
+    edge.done(ticket(30), "ok", MIN_QUEUEING * 1.01)
     assert edge.cuts == 1
 
 
