@@ -27,6 +27,7 @@ import json
 import secrets
 import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -177,6 +178,14 @@ async def leave(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
+OPENAPI = Path(__file__).parent / "openapi" / "minted.json"
+
+
+async def openapi(request: web.Request) -> web.Response:
+    """The app's OpenAPI document, where FastAPI serves it (servers: none given)."""
+    return web.Response(text=OPENAPI.read_text(), content_type="application/json")
+
+
 def make_app() -> web.Application:
     app = web.Application(middlewares=[recording_middleware(STATE)])
     app[STATE] = MintedState()
@@ -188,4 +197,5 @@ def make_app() -> web.Application:
     r.add_post("/api/v1/rooms/{room}/reveal", reveal, name="reveal")
     r.add_post("/api/v1/rooms/{room}/reset", reset, name="reset")
     r.add_delete("/api/v1/rooms/{room}/participants/{user_id}", leave, name="leave")
+    r.add_get("/openapi.json", openapi, name="openapi", allow_head=False)
     return app
