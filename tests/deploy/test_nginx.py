@@ -103,3 +103,50 @@ async def test_the_legacy_app_routes_pass_through_and_private_ones_stay_private(
         assert r.status == 403
     async with stack.http.get(base + "/metrics") as r:
         assert r.status == 200  # allowed from 127.0.0.1 only
+
+
+async def test_the_app_sees_the_real_client_and_host_through_nginx_and_the_bridge(
+    aiohttp_server, tmp_path: Path
+):
+    # what deploy/nginx/bridge.conf tells the bridge (trusted_proxies 127.0.0.1, as
+    # its header says), and what the bridge then tells the app, in every location
+    from aiohttp import web
+
+    from bridge.app import make_app
+    from bridge.config import config_from_dict
+
+    seen: list[dict[str, str]] = []
+
+    async def record(request: web.Request) -> web.Response:
+        seen.append(dict(request.headers))
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", record)
+    up = await aiohttp_server(app)
+    cfg = config_from_dict({"upstream": {"url": str(up.make_url(""))},
+                            "security": {"trusted_proxies": ["127.0.0.1"]}})  # fmt: skip
+    bridge = await aiohttp_server(make_app(cfg))
+    port = free_port()
+    site = (ROOT / "deploy" / "nginx" / "bridge.conf").read_text()
+    site = site.replace("server 127.0.0.1:8080;", f"server 127.0.0.1:{bridge.port};")
+    site = site.replace("listen 80;", f"listen 127.0.0.1:{port};")
+    proc = await start_nginx(tmp_path, site, port)
+    try:
+        import aiohttp
+
+        async with aiohttp.ClientSession() as http:
+            for _ in range(3):
+                async with http.get(f"http://127.0.0.1:{port}/app/page", headers={
+                        "Host": "poker.example.com", "X-Forwarded-For": "203.0.113.9",
+                        "X-Forwarded-Proto": "https"}) as r:  # fmt: skip
+                    assert r.status == 200
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+    for h in seen:
+        # the client as nginx saw it, then nginx as the bridge saw it; not the forged one
+        assert h["X-Forwarded-For"] == "127.0.0.1, 127.0.0.1", h
+        assert h["X-Forwarded-Host"] == "poker.example.com", h
+        assert h["X-Forwarded-Proto"] == "http", h  # nginx's own scheme, not the client's claim
+        assert "203.0.113.9" not in str(h)
