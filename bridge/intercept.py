@@ -14,8 +14,13 @@ bridge's copy of that session's state instead of by the app:
 - on an instance that does not poll the session (the Redis backplane's
   others) the copy is the latest state as JSON (the same bytes when the
   route has no ``select``; with a ``select`` such polls pass through);
-- anything else (a session the app does not know, a copy that does not come
-  within ``upstream.timeout``) passes through to the app as it is.
+- a session the app does not know (404/410, also one deleted there since)
+  passes through to the app as it would without the bridge, and for one
+  follow period its polls go straight there (no check first; a bounded list);
+- a session whose first fetch got no answer (the app failing, the queue to
+  it full) is answered ``503`` at once with the JSON error body, not sent to
+  the app as well; a copy that does not come within ``upstream.timeout``
+  passes through.
 
 It skips the app's own check of who may read: it is for apps whose state
 route answers the same to everyone (docs/configuration.md says so).
@@ -27,6 +32,8 @@ import asyncio
 import contextlib
 import json
 import re
+import time
+from collections import OrderedDict
 from urllib.parse import unquote
 
 from aiohttp import web
@@ -35,8 +42,12 @@ from .config import Config
 from .metrics import Metrics
 from .protocol.types import valid_id
 from .runtime import Bridge
+from .runtime.bridge import FOLLOW_FOR
 from .runtime.poller import copy_etag
 from .upstream.templates import PLACEHOLDER
+
+#: sessions the app said it does not know, remembered for one follow period
+UNKNOWN_KEPT = 10_000
 
 
 def state_path_pattern(cfg: Config) -> re.Pattern[str] | None:
@@ -56,7 +67,27 @@ def state_path_pattern(cfg: Config) -> re.Pattern[str] | None:
 class Intercept:
     def __init__(self, cfg: Config, metrics: Metrics) -> None:
         self.metrics = metrics
+        #: session id → until when the app's "no such session" stands
+        self._unknown: OrderedDict[str, float] = OrderedDict()
         self.reconfigure(cfg)
+
+    def _said_unknown(self, sid: str, now: float) -> bool:
+        until = self._unknown.get(sid)
+        if until is None:
+            return False
+        if until <= now:
+            del self._unknown[sid]
+            return False
+        return True
+
+    def _remember_unknown(self, sid: str, now: float) -> None:
+        """For one follow period, polls of a session the app does not know go to
+        the app as they would without the bridge (one request each, not a check
+        and the poll). Bounded: the oldest are forgotten first."""
+        self._unknown[sid] = now + FOLLOW_FOR * self.cfg.upstream.state.every
+        self._unknown.move_to_end(sid)
+        while len(self._unknown) > UNKNOWN_KEPT:
+            self._unknown.popitem(last=False)
 
     def reconfigure(self, cfg: Config) -> None:
         self.cfg = cfg
@@ -74,8 +105,22 @@ class Intercept:
 
     async def answer(self, request: web.Request, bridge: Bridge, sid: str) -> web.Response | None:
         """The bridge's copy for a legacy poll, or None (then it passes through)."""
+        now = time.monotonic()
+        live = bridge.registry.get(sid)
+        if self._said_unknown(sid, now) and (live is None or not live.conns):
+            return None  # the app said so a moment ago: its own answer again, no check
         session = await bridge.follow(sid)
-        if session is None:
+        if session == "unknown":
+            self._remember_unknown(sid, now)
+            return None
+        if session == "unsure":  # the app gave no answer: do not send it the poll too
+            self.metrics.intercept_requests.labels("unavailable").inc()
+            return web.json_response(
+                {"error": {"code": "upstream_unavailable",
+                           "message": "the app did not answer for this session; try again"}},
+                status=503, headers={"Retry-After": "1"},
+            )  # fmt: skip
+        if session == "off":
             return None
         result = "hit"
         copy = session.copy

@@ -20,7 +20,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 from ..backplane import Backplane, make_backplane
 from ..config import Config
@@ -146,26 +146,35 @@ class Bridge:
     def session(self, session_id: str) -> Session:
         return self.registry.session(session_id)
 
-    async def follow(self, session_id: str) -> Session | None:
+    async def follow(self, session_id: str) -> Session | Literal["unknown", "unsure", "off"]:
         """state.intercept: the app's own frontend polls this session. It is kept,
-        with its one poller, for FOLLOW_FOR × state.every after the last such poll;
-        None when it cannot be (a new session the app does not know, the shared
-        backplane unreachable, draining)."""
+        with its one poller, for FOLLOW_FOR × state.every after the last such poll.
+        Else why not: ``unknown`` (the app says there is no such session, or it
+        is gone there), ``unsure`` (the app gave no answer to the first fetch: an
+        error, a timeout, the queue to it full), ``off`` (draining, or the shared
+        backplane unreachable). A session not kept is not kept at all."""
         if self.closing:
-            return None
+            return "off"
         session = self.registry.session(session_id)
         new = session.followed_until == 0.0 and not session.conns
+        # kept while the app is asked (nothing drops it meanwhile)
         session.followed_until = time.monotonic() + FOLLOW_FOR * self.cfg.upstream.state.every
-        self.ticker.schedule(("follow", session_id), session.followed_until)
+        known: Literal["known", "unknown", "unsure", "off"]
         try:
             await self.backplane.open(session)
-            known = await self.poller.check(session, Who("", "", {}, {}))  # (one, shared)
+            known = await self.poller.first_answer(session, Who("", "", {}, {}))  # shared
         except BackplaneUnavailable:
-            known = False
-        if not known:
-            session.followed_until = 0.0
-            self.registry.drop_if_idle(session)
-            return None
+            known = "off"
+        if known == "known" and session.gone and not session.conns:
+            known = "unknown"  # deleted at the app since: polls go to the app again
+        if known != "known":
+            if not session.conns:
+                session.followed_until = 0.0
+                session.checked = None  # asked again next time
+                self.registry.drop_if_idle(session)
+            return known
+        session.followed_until = time.monotonic() + FOLLOW_FOR * self.cfg.upstream.state.every
+        self.ticker.schedule(("follow", session_id), session.followed_until)
         if session.copy is None and not new and not session.copy_asked:
             # polled already (for its clients), with 304s: ask for the whole answer once
             session.copy_asked = True
@@ -271,7 +280,7 @@ class Bridge:
         self.admitter.closing = True
         # first: no request of ours starts any more (each one cut short below
         # would otherwise hand its slot to the next, which the app then gets too)
-        self.upstream.limits.close()
+        self.upstream.stop_starting()
         for conn in list(self.connections.values()):
             conn.close(1001, "server shutting down")
         for session in list(self.sessions.values()):

@@ -38,7 +38,7 @@ from ..metrics import Metrics
 from ..protocol.values import problem
 from ..upstream.client import StateResult, UpstreamClient
 from .membership import context_of, merge_context
-from .session import PartState, Session
+from .session import Known, PartState, Session
 from .sessions import Sessions
 
 log = logging.getLogger("bridge.runtime")
@@ -240,27 +240,34 @@ class Poller:
         handshake's own timeout), so no client is let into a session the app
         then says is unknown; an answer of any other kind lets them in. A
         session whose log already has entries is known."""
+        return await self.first_answer(session, who) != "unknown"
+
+    async def first_answer(self, session: Session, who: Who) -> Known:
+        """What the app said to the session's first state fetch: ``known`` (a
+        state, or its log has entries), ``unknown`` (404 or 410), or ``unsure``
+        (no answer: an error, a timeout, the queue to the app full, the breaker
+        open). One fetch, shared by everyone who asks."""
         if session.hub.log.head > 0:
-            return True
+            return "known"
         if session.checked is None:
             session.checked = asyncio.get_running_loop().create_future()
             session.tasks.spawn(self._first_fetch(session, who, session.checked),
                                 "fetching a new session's state")  # fmt: skip
         return await asyncio.shield(session.checked)
 
-    async def _first_fetch(self, session: Session, who: Who, known: asyncio.Future[bool]) -> None:
+    async def _first_fetch(self, session: Session, who: Who, known: asyncio.Future[Known]) -> None:
         try:
             result = await self.fetch(session, who)
         except UpstreamRejected as exc:
-            known.set_result(exc.status not in (404, 410))
+            known.set_result("unknown" if exc.status in (404, 410) else "known")
             return
         except (UpstreamError, RenderError):
-            known.set_result(True)  # the poller will try again (and back off)
+            known.set_result("unsure")  # the poller will try again (and back off)
             return
         except BaseException:
-            known.set_result(True)
+            known.set_result("unsure")
             raise
-        known.set_result(True)
+        known.set_result("known")
         if result is not None and result.changed:
             # published by the poller's first round (after the first client attached,
             # so it gets the state live), which does not ask the app again
@@ -275,9 +282,15 @@ class Poller:
             if result.changed:
                 self.check_value(result.payload)
         except (UpstreamError, RenderError) as exc:
+            if isinstance(exc, UpstreamRejected) and exc.status in (404, 410):
+                # gone at the app: the copy legacy polls were answered from is too
+                session.gone = True
+                session.copy = session.stream_copy = None
+                session.copy_ready.clear()
             self._failed(session, f"state poll of session {session.id} failed: {exc}")
             return
         session.poll_failures = 0
+        session.gone = False
         if not result.changed:
             self.metrics.state_polls.labels("not_modified").inc()
             return

@@ -11,7 +11,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any
+from typing import Any, Literal
 
 from ..core.hub import SessionHub
 from ..core.ratelimit import TokenBucket
@@ -19,6 +19,9 @@ from ..protocol.types import Message
 from ..tasks import TaskOwner
 from .connection import Connection
 from .gate import Gate
+
+#: what the app said to a session's first state fetch (Poller.first_answer)
+Known = Literal["known", "unknown", "unsure"]
 
 
 @dataclass(slots=True)
@@ -91,7 +94,7 @@ class Session:
     #: ``state.as: present_user``: whose context the state request is rendered with
     poll_user: str | None = None
     #: the first state fetch (unknown sessions are refused), shared by concurrent connects
-    checked: asyncio.Future[bool] | None = None
+    checked: asyncio.Future[Known] | None = None
     #: what that first fetch got, for the poller's first round (an upstream StateResult)
     prefetched: Any = None
     #: commands of this session at the app at once (upstream.session_concurrency)
@@ -106,6 +109,8 @@ class Session:
     copy_asked: bool = False
     #: state.intercept on an instance that does not poll: (seq, copy) of the stream's state
     stream_copy: tuple[int, tuple[bytes, str, str]] | None = None
+    #: the app's last state answer was 404 or 410: the session is gone there
+    gone: bool = False
     #: userId → when a command of theirs was last answered by the app (keepalive.commands_count)
     last_command: dict[str, float] = field(default_factory=dict)
 

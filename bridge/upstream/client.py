@@ -164,6 +164,10 @@ class UpstreamClient:
         self._timeout = aiohttp.ClientTimeout(total=cfg.timeout)
         self.limits.reconfigure(cfg)
 
+    def stop_starting(self) -> None:
+        """The bridge is stopping: no request starts any more (upstream/limits.py)."""
+        self.limits.close()
+
     def _update_breaker_gauge(self) -> None:
         self.metrics.breaker_state.set(STATE_VALUES[self.breaker.state(time.monotonic())])
 

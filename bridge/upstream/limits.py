@@ -6,7 +6,8 @@
 - **Fair across sessions**: within a priority, sessions take turns (one
   request each, round robin), so one busy session cannot starve the others.
 - **Bounded**: past ``upstream.max_queue`` waiting requests a new one is
-  refused at once (:class:`UpstreamBusy`, ack ``upstream_busy``).
+  refused at once (:class:`UpstreamBusy`, ack ``upstream_busy``), unless a
+  waiter of a lower priority is there: the newest of those is refused instead.
 - The wait in the queue is not part of ``upstream.timeout`` (that is the
   app's own answer's budget, per try).
 - A ``Retry-After`` from the app pauses every start, for every session.
@@ -83,7 +84,7 @@ class UpstreamLimits:
         now = time.monotonic()
         if not self.waiting and self.limiter.ready(now):
             return self._start(now, now)
-        if self.waiting >= self.max_queue:
+        if self.waiting >= self.max_queue and not self._evict_below(PRIORITY[kind]):
             self.metrics.upstream_requests.labels(kind, "busy").inc()
             raise UpstreamBusy(f"{self.waiting} requests are waiting for the app already")
         fut: asyncio.Future[Ticket] = asyncio.get_running_loop().create_future()
@@ -101,6 +102,26 @@ class UpstreamLimits:
             else:
                 self._forget(waiter, kind, scope or "")
             raise
+
+    def _evict_below(self, priority: int) -> bool:
+        """The queue is full: a request of ``priority`` takes the place of the
+        newest waiter of the lowest priority below it (refused ``upstream_busy``),
+        so polls, however many, never keep a command out. False: none below."""
+        for level in range(len(self._queues) - 1, priority, -1):
+            queues = self._queues[level]
+            while queues:
+                scope, queue = next(reversed(queues.items()))  # the last in turn
+                waiter = queue.pop()
+                if not queue:
+                    del queues[scope]
+                self.waiting -= 1
+                if waiter.future.done():  # cancelled meanwhile: its place is free anyway
+                    return True
+                kind = next(k for k, v in PRIORITY.items() if v == level)
+                self.metrics.upstream_requests.labels(kind, "busy").inc()
+                waiter.future.set_exception(UpstreamBusy("a more urgent request took its place"))
+                return True
+        return False
 
     def _forget(self, waiter: Waiter, kind: Kind, scope: str) -> None:
         queues = self._queues[PRIORITY[kind]]

@@ -91,6 +91,75 @@ async def test_unknown_sessions_pass_through_and_nothing_is_followed(make_stack)
     assert "made-up" not in stack.bridge.sessions
 
 
+async def faults(stack, **body) -> None:
+    async with stack.http.post(stack.backend_server.make_url("/_demo/faults"), json=body) as r:
+        assert r.status == 200
+
+
+async def test_made_up_ids_cost_the_app_what_they_would_without_the_bridge(make_stack):
+    stack = await make_stack(INTERCEPT)
+    async with aiohttp.ClientSession() as http:
+        for _ in range(5):  # a legacy browser polling a session that does not exist
+            for i in range(4):
+                async with http.get(stack.url(f"/api/sessions/rand{i}")) as r:
+                    assert r.status == 404
+    # the first poll of each: the check and the poll passed through; then the polls only
+    assert sum(stack.backend.state_requests.values()) == 4 * 2 + 4 * 4
+    assert not [s for s in stack.bridge.sessions if s.startswith("rand")]
+
+
+async def test_a_made_up_id_while_the_app_is_unwell_is_answered_503_and_not_kept(make_stack):
+    stack = await make_stack(INTERCEPT)
+    await faults(stack, failRatio=1.0)
+    async with aiohttp.ClientSession() as http:
+        for i in range(6):
+            async with http.get(stack.url(f"/api/sessions/x{i}")) as r:
+                assert r.status == 503  # at once: no wait for a copy, no second request
+                body = await r.json()
+                assert body["error"]["code"] == "upstream_unavailable"
+    assert not [s for s in stack.bridge.sessions if s.startswith("x")]  # no pollers
+    assert sample(stack, "unavailable") == 6
+    await faults(stack, failRatio=0.0)
+    requests = sum(stack.backend.state_requests.values())
+    await asyncio.sleep(0.6)
+    assert sum(stack.backend.state_requests.values()) == requests  # nobody polls them
+
+
+async def test_a_flood_of_made_up_polls_never_refuses_a_real_users_command(make_stack):
+    stack = await make_stack({"upstream": {"state": {"intercept": True}, "max_in_flight": 1,
+                                           "max_queue": 10, "adaptive": False}})  # fmt: skip
+    alice = await stack.connect("real", "alice")
+    await faults(stack, stall=0.3)
+    async with aiohttp.ClientSession() as http:
+
+        async def legacy_poll(i: int) -> int:
+            async with http.get(stack.url(f"/api/sessions/rand{i}")) as r:
+                return r.status
+
+        flood = [asyncio.ensure_future(legacy_poll(i)) for i in range(40)]
+        await asyncio.sleep(0.1)  # the queue to the app is full of their checks
+        ack = await alice.command("vote", {"vote": "5"}, timeout=20)
+        statuses = await asyncio.gather(*flood)
+    assert ack["status"] == "ok", ack  # its place taken from the newest poll
+    assert 503 in statuses  # those refused a place were told so at once
+
+
+async def test_a_session_the_app_deleted_is_not_served_from_the_copy(make_stack):
+    stack = await make_stack(INTERCEPT)
+    await app_join(stack, "gone", "a")
+    statuses = []
+    async with aiohttp.ClientSession() as http:
+        async with http.get(stack.url("/api/sessions/gone")) as r:
+            assert r.status == 200
+        del stack.backend.sessions["gone"]  # the app deletes the room
+        for _ in range(10):  # its legacy browser keeps polling
+            async with http.get(stack.url("/api/sessions/gone")) as r:
+                statuses.append(r.status)
+            await asyncio.sleep(0.2)
+    assert statuses[-3:] == [404, 404, 404], statuses  # the app's own answer again
+    assert "gone" not in stack.bridge.sessions
+
+
 async def test_a_followed_session_is_dropped_after_its_last_poll(make_stack):
     stack = await make_stack(INTERCEPT)
     await app_join(stack, "s3", "cy")

@@ -93,6 +93,9 @@ class App:
     def reconfigure(self, cfg: Any) -> None:
         return None
 
+    def stop_starting(self) -> None:
+        return None
+
     def apply(self, call: Call) -> None:
         """What the app does with a request it acts on."""
         call.applied = True

@@ -84,6 +84,39 @@ async def test_a_full_queue_refuses_at_once():
     assert lim.waiting == 0
 
 
+async def test_a_full_queue_of_polls_never_keeps_a_command_out():
+    # a flood of polls (say, made-up sessions of an intercepted frontend) fills the
+    # queue: a command, then a keep-alive, take the places of the newest polls
+    lim = limits(max_in_flight=1, max_queue=3)
+    held = await lim.acquire("poll", "s0")
+    polls = [asyncio.ensure_future(lim.acquire("poll", f"p{i}")) for i in range(3)]
+    await asyncio.sleep(0)
+    cmd = asyncio.ensure_future(lim.acquire("command", "real"))
+    ka = asyncio.ensure_future(lim.acquire("keepalive", "real"))
+    await asyncio.sleep(0)
+    for newest in (polls[2], polls[1]):
+        with pytest.raises(UpstreamBusy, match="more urgent"):
+            await newest
+    assert lim.waiting == 3
+    with pytest.raises(UpstreamBusy):  # a poll now: nothing below it to take the place of
+        await lim.acquire("poll", "late")
+    lim.release(held, "ok", 0.0)
+    order = []
+    for label, fut in (("command", cmd), ("keepalive", ka), ("poll", polls[0])):
+        lim.release(await fut, "ok", 0.0)
+        order.append(label)
+    assert order == ["command", "keepalive", "poll"]
+    assert lim.waiting == 0 and lim.limiter.in_flight == 0
+    full = limits(max_in_flight=1, max_queue=1)
+    first = await full.acquire("command", "a")
+    queued = asyncio.ensure_future(full.acquire("command", "a"))
+    await asyncio.sleep(0)
+    with pytest.raises(UpstreamBusy):  # commands never push out commands
+        await full.acquire("command", "b")
+    full.release(first, "ok", 0.0)
+    full.release(await queued, "ok", 0.0)
+
+
 async def test_cancelled_waiters_leave_and_a_cancelled_turn_is_given_back():
     lim = limits(max_in_flight=1)
     held = await lim.acquire("command", "s")
