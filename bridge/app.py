@@ -239,8 +239,8 @@ def make_app(
     if reload_from is not None:
         app[RELOAD] = reload_from
     app[METRICS] = registry_metrics or Metrics()
-    if cfg.upstream.passthrough.enabled:
-        app[PASSTHROUGH] = PassThrough(cfg, app[METRICS])
+    # always there: a reload may turn it on or off (it reads its config per request)
+    app[PASSTHROUGH] = PassThrough(cfg, app[METRICS])
     app[INTERCEPT] = Intercept(cfg, app[METRICS])
     app.cleanup_ctx.append(_runtime_ctx)
     app.on_shutdown.append(_on_shutdown)

@@ -177,7 +177,7 @@ async def _demo(host: str, port: int, backend_port: int) -> None:
     from .app import make_app
     from .demo.backend import make_backend_app
 
-    backend = web.AppRunner(make_backend_app(), access_log=None)
+    backend = web.AppRunner(make_backend_app(test_hooks=False), access_log=None)
     await backend.setup()
     await web.TCPSite(backend, "127.0.0.1", backend_port).start()
     actual_backend_port = backend.addresses[0][1]

@@ -26,6 +26,7 @@ It is a middleware: it sees the requests no route of the bridge matched
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -40,6 +41,7 @@ from .config import Config
 from .exceptions import BodyTooBig
 from .intercept import Intercept
 from .metrics import Metrics, status_label
+from .tasks import TaskOwner
 from .transports.common import BRIDGE, client_ip, json_error
 
 log = logging.getLogger("bridge.passthrough")
@@ -52,6 +54,12 @@ HOP_BY_HOP = frozenset(
         "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host",
     }
 )  # fmt: skip
+#: what proxies say about the client: believed only from security.trusted_proxies
+#: (from anyone else dropped, whatever the app would make of them)
+FORWARDING = frozenset({"forwarded", "x-real-ip", "x-forwarded-port", "x-forwarded-prefix",
+                        "x-forwarded-ssl", "x-forwarded-scheme", "x-forwarded-server",
+                        "x-original-forwarded-for", "x-client-ip", "true-client-ip",
+                        "cf-connecting-ip"})  # fmt: skip
 #: the answer's headers the bridge does not copy (aiohttp writes its own)
 _ANSWER_SKIP = frozenset(
     {"connection", "keep-alive", "proxy-authenticate", "trailer", "transfer-encoding",
@@ -63,6 +71,8 @@ _WS_SKIP = frozenset(
 )  # fmt: skip
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 CHUNK = 64 * 1024
+#: how long the side that did not close first has to finish its close
+CLOSE_WAIT = 5.0
 
 
 def _climbs(raw_path: str) -> bool:
@@ -80,7 +90,8 @@ def _climbs(raw_path: str) -> bool:
 
 
 def _forwarded(headers: Any, drop: frozenset[str]) -> CIMultiDict[str]:
-    named = {h.strip().lower() for h in headers.get("Connection", "").split(",") if h.strip()}
+    named = {h.strip().lower() for line in headers.getall("Connection", ())
+             for h in line.split(",") if h.strip()}  # fmt: skip
     out: CIMultiDict[str] = CIMultiDict()
     for key, value in headers.items():
         low = key.lower()
@@ -95,6 +106,7 @@ class PassThrough:
     def __init__(self, cfg: Config, metrics: Metrics) -> None:
         self.metrics = metrics
         self.http: aiohttp.ClientSession | None = None
+        self.tasks = TaskOwner("passthrough")
         self.cfg = cfg
 
     @property
@@ -118,6 +130,7 @@ class PassThrough:
         )
 
     async def stop(self) -> None:
+        await self.tasks.aclose()  # the app's WebSockets still open are cut
         if self.http is not None:
             await self.http.close()
 
@@ -140,10 +153,13 @@ class PassThrough:
         headers = _forwarded(request.headers, HOP_BY_HOP)
         trusted = self.cfg.security.trusted_proxies
         peer = client_ip(request)
-        if peer in trusted and request.headers.get("X-Forwarded-For"):
-            xff = f"{request.headers['X-Forwarded-For']}, {peer}"
-        else:
-            xff = peer
+        if peer not in trusted:
+            for key in list(headers):
+                low = key.lower()
+                if low in FORWARDING or low.startswith("x-forwarded-"):
+                    del headers[key]
+        incoming = ", ".join(request.headers.getall("X-Forwarded-For", ()))
+        xff = f"{incoming}, {peer}" if peer in trusted and incoming else peer
         headers["X-Forwarded-For"] = xff
         believed = peer in trusted
         headers["X-Forwarded-Proto"] = (
@@ -158,6 +174,9 @@ class PassThrough:
     async def handle(self, request: web.Request) -> web.StreamResponse:
         if request.method == "CONNECT":
             return json_error(405, "method_not_allowed", "CONNECT is not passed through")
+        if not request.raw_path.startswith("/") and "://" not in request.raw_path:
+            # asterisk-form (OPTIONS *) or worse: about the bridge, not the app
+            return json_error(400, "bad_request", "only origin-form request targets pass")
         if _climbs(request.raw_path):
             return json_error(400, "bad_request", "the path climbs above /")
         if self.own(request.path):
@@ -252,15 +271,24 @@ class PassThrough:
         pt = self.cfg.upstream.passthrough
         protocols = [p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",")
                      if p.strip()]  # fmt: skip
+        ws = web.WebSocketResponse(autoping=True, max_msg_size=pt.max_body)
+        if not ws.can_prepare(request).ok:  # not a valid upgrade: nothing opened at the app
+            return self._fail(request, 400, "bad_request", "not a valid WebSocket upgrade")
         headers = self.headers_for(request)
         for key in list(headers):
             if key.lower() in _WS_SKIP:
                 del headers[key]
         try:
-            upstream = await self.http.ws_connect(
-                self.target(request), headers=headers, protocols=protocols,
-                timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=pt.timeout),
-                autoping=True, max_msg_size=self.cfg.upstream.passthrough.max_body,
+            async with asyncio.timeout(pt.timeout):
+                upstream = await self.http.ws_connect(
+                    self.target(request), headers=headers, protocols=protocols,
+                    timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=pt.timeout),
+                    autoping=True, max_msg_size=pt.max_body,
+                )  # fmt: skip
+        except TimeoutError:
+            return self._fail(
+                request, 504, "upstream_timeout",
+                f"the app did not take the WebSocket within {pt.timeout:g}s",
             )  # fmt: skip
         except aiohttp.WSServerHandshakeError as exc:
             return self._fail(
@@ -269,22 +297,24 @@ class PassThrough:
                 "upstream_rejected",
                 f"the app refused the WebSocket: {exc.status}",
             )
-        except (aiohttp.ClientError, TimeoutError) as exc:
+        except aiohttp.ClientError as exc:
             return self._fail(
                 request, 502, "upstream_unavailable", f"cannot reach the app: {type(exc).__name__}"
             )
         ws = web.WebSocketResponse(
             protocols=[upstream.protocol] if upstream.protocol else (),
-            autoping=True, max_msg_size=self.cfg.upstream.passthrough.max_body,
+            autoping=True, max_msg_size=pt.max_body,
         )  # fmt: skip
         self._count(request, web.Response(status=101))
         try:
             await ws.prepare(request)
-            await _pump_both(ws, upstream)
-        finally:
+        except BaseException:
             await upstream.close()
-            if not ws.closed:
-                await ws.close(code=upstream.close_code or 1000)
+            raise
+        # its own task, which closes both ends: a close code on its way to the
+        # other side is still delivered when this handler is cancelled (its
+        # client went away; aiohttp's test server cancels such handlers)
+        await asyncio.shield(self.tasks.spawn(_pump_both(ws, upstream), "a WebSocket"))
         return ws
 
 
@@ -306,20 +336,35 @@ async def _pump(src: Any, dst: Any) -> int | None:
 
 
 async def _pump_both(ws: web.WebSocketResponse, upstream: aiohttp.ClientWebSocketResponse) -> None:
+    """Frames both ways until one side closes; its close code goes to the other
+    side first (closing it ends the other pump's pending receive), then the other
+    pump is awaited, not cancelled (a cancelled receive would turn the code it
+    is about to hand on into 1006)."""
     down = asyncio.ensure_future(_pump(upstream, ws))
     up = asyncio.ensure_future(_pump(ws, upstream))
     try:
         done, _ = await asyncio.wait({down, up}, return_when=asyncio.FIRST_COMPLETED)
+        first = next(iter(done))
+        code = first.result() if first.exception() is None else None
+        # never sent in a close frame (RFC 6455 7.4.1): the peer went away, or said nothing
+        code = {1005: 1000, 1006: 1001, 1015: 1001}.get(code or 1005, code)
+        other = up if first is down else down
+        with contextlib.suppress(Exception):
+            if first is down:
+                await ws.close(code=code or 1000)
+            else:
+                await upstream.close(code=code or 1000)
+        async with asyncio.timeout(CLOSE_WAIT):
+            await asyncio.gather(other, return_exceptions=True)
+    except TimeoutError:
+        pass  # the other side never finished closing: it is cut below
     finally:
         for task in (down, up):
             task.cancel()
         await asyncio.gather(down, up, return_exceptions=True)
-    first = next(iter(done))
-    code = first.result() if not first.cancelled() and first.exception() is None else None
-    if first is down:
-        await ws.close(code=code or 1000)
-    else:
-        await upstream.close(code=code or 1000)
+        await upstream.close()
+        if not ws.closed:
+            await ws.close(code=upstream.close_code or 1000)
 
 
 @web.middleware
@@ -341,7 +386,7 @@ async def passthrough_middleware(request: web.Request, handler: Any) -> web.Stre
             if answer is not None:
                 return answer
     passthrough = request.app.get(PASSTHROUGH)
-    if passthrough is None:
+    if passthrough is None or not passthrough.cfg.upstream.passthrough.enabled:
         response = await handler(request)
         return response
     return await passthrough.handle(request)

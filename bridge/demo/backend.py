@@ -9,12 +9,15 @@ It serves its own planning-poker page (``/``) and a login: ``POST /api/login``
 mints a player id and sets an HttpOnly cookie, ``GET /api/me`` says who the
 cookie belongs to, ``POST /api/logout`` ends it. A join or vote that carries a
 login cookie must be for that cookie's player (403 otherwise); one without a
-cookie is taken as it comes, as the tests' clients send them. Through the
+cookie is taken as it comes, as the tests' clients send them. The same holds
+for a leave or a keep-alive. Through the
 bridge the page, its login and its cookie pass through untouched, and the
 bridge forwards the browser's cookie on every command (``forward_headers``).
 
-For tests and the demo it also records what it was asked (``GET /_demo/stats``)
-and can be told to fail (``POST /_demo/faults``).
+For tests it also records what it was asked (``GET /_demo/stats``, cookies
+included) and can be told to fail (``POST /_demo/faults``): those two routes
+exist only with ``test_hooks`` (not in ``session-bridge demo``, where any
+browser could reach them through the bridge).
 """
 
 from __future__ import annotations
@@ -199,7 +202,13 @@ class Backend:
         return web.json_response({"id": who[0], "name": who[1]})
 
     async def logout(self, request: web.Request) -> web.Response:
-        self.logins.pop(request.cookies.get(LOGIN_COOKIE, ""), None)
+        """Ends the login, and the player's seats: a leave sent later with the
+        stale cookie would be refused."""
+        who = self.logins.pop(request.cookies.get(LOGIN_COOKIE, ""), None)
+        if who is not None:
+            for session in self.sessions.values():
+                session.users.pop(who[0], None)
+                session.votes.pop(who[0], None)
         response = web.json_response({"ok": True})
         response.del_cookie(LOGIN_COOKIE, path="/")
         return response
@@ -259,6 +268,7 @@ class Backend:
         self._record(request, body)
         session = self._session(request)
         uid = body.get("userId")
+        self._check_login(request, str(uid))
         session.users.pop(str(uid), None)
         session.votes.pop(str(uid), None)
         return web.json_response(session.view())
@@ -268,6 +278,7 @@ class Backend:
         await self._faults(request)
         self._record(request, body)
         session = self._session(request)
+        self._check_login(request, str(body.get("userId")))
         user = self._member(session, str(body.get("userId")))
         user.last_seen = time.monotonic()
         return web.json_response({"ok": True})
@@ -314,7 +325,7 @@ async def finish_requests(request: web.Request, handler: Any) -> web.StreamRespo
     return response
 
 
-def make_backend_app(expiry: float = 30.0) -> web.Application:
+def make_backend_app(expiry: float = 30.0, test_hooks: bool = True) -> web.Application:
     backend = Backend(expiry)
     app = web.Application(middlewares=[finish_requests])
     app[BACKEND] = backend
@@ -331,6 +342,7 @@ def make_backend_app(expiry: float = 30.0) -> web.Application:
     r.add_post("/api/sessions/{sid}/leave", backend.leave)
     r.add_post("/api/sessions/{sid}/heartbeat", backend.heartbeat)
     r.add_get("/api/sessions/{sid}", backend.state)
-    r.add_get("/_demo/stats", backend.stats)
-    r.add_post("/_demo/faults", backend.faults)
+    if test_hooks:
+        r.add_get("/_demo/stats", backend.stats)
+        r.add_post("/_demo/faults", backend.faults)
     return app

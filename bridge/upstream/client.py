@@ -23,8 +23,11 @@ at once. A request cancelled while it was the half-open trial, or answered
 from __future__ import annotations
 
 import asyncio
+import datetime
+import email.utils
 import json
 import logging
+import math
 import random
 import time
 from collections.abc import Mapping
@@ -120,14 +123,25 @@ def _outcome(resp: Response) -> Outcome:
     return "other"  # one session's 500
 
 
-def _retry_after(headers: Mapping[str, str]) -> float | None:
+def _retry_after(headers: Mapping[str, str], now: float | None = None) -> float | None:
+    """Seconds from a ``Retry-After`` (delay-seconds or an HTTP-date, RFC 9110
+    10.2.3); None when there is none or it makes no sense (nan, inf, garbage)."""
     value = headers.get("Retry-After")
     if value is None:
         return None
     try:
-        return max(0.0, float(value))
+        seconds = float(value)
     except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        if when.tzinfo is None:  # an HTTP-date is GMT
+            when = when.replace(tzinfo=datetime.UTC)
+        seconds = when.timestamp() - (time.time() if now is None else now)
+    if not math.isfinite(seconds):
         return None
+    return max(0.0, seconds)
 
 
 class UpstreamClient:

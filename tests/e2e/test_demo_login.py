@@ -68,3 +68,39 @@ async def test_the_bridge_serves_none_of_the_apps_files(aiohttp_server):
             assert r.status == 200
         async with http.get(up.make_url("/")) as r:  # the app's own page
             assert r.status == 200 and "Planning poker" in await r.text()
+
+
+async def test_leaves_and_keep_alives_act_for_the_cookies_player_only(make_stack):
+    stack = await make_stack()
+    alice, alice_cookie = await _login(stack, "Alice")
+    bob, bob_cookie = await _login(stack, "Bob")
+    for who, cookie in ((alice, alice_cookie), (bob, bob_cookie)):
+        url = stack.backend_server.make_url("/api/sessions/t/join")
+        async with stack.http.post(url, json={"userId": who}, headers={"Cookie": cookie}) as r:
+            assert r.status == 200
+    for path in ("leave", "heartbeat"):  # Alice's cookie, Bob's id: the app says no
+        url = stack.url(f"/api/sessions/t/{path}")  # through the bridge's front door
+        async with stack.http.post(
+            url, json={"userId": bob}, headers={"Cookie": alice_cookie}
+        ) as r:
+            assert r.status == 403, path
+    assert sorted(u["id"] for u in (await stack.state("t"))["users"]) == sorted([alice, bob])
+    # logging out ends the player's seats too (a later leave with the stale cookie is refused)
+    async with stack.http.post(stack.url("/api/logout"), headers={"Cookie": bob_cookie}) as r:
+        assert r.status == 200
+    assert [u["id"] for u in (await stack.state("t"))["users"]] == [alice]
+
+
+async def test_the_demo_has_no_test_hooks_for_browsers_to_reach(aiohttp_server):
+    from bridge.demo.backend import make_backend_app
+
+    up = await aiohttp_server(make_backend_app(test_hooks=False))  # as `session-bridge demo`
+    bridge = await aiohttp_server(make_app(config_from_dict({"upstream": {
+        "url": str(up.make_url(""))}})))  # fmt: skip
+    async with aiohttp.ClientSession() as http:
+        async with http.get(bridge.make_url("/_demo/stats")) as r:
+            assert r.status == 404  # the app's answer: no such route (cookies stay private)
+        async with http.post(bridge.make_url("/_demo/faults"), json={"failRatio": 1}) as r:
+            assert r.status == 404
+        async with http.get(bridge.make_url("/")) as r:
+            assert r.status == 200  # the page is there

@@ -221,3 +221,16 @@ async def test_the_limit_finds_the_apps_capacity(aiohttp_server):
     assert app.refused - refused_early < refused_early  # and it learned: fewer refusals
     assert metrics.registry.get_sample_value("bridge_upstream_limit") == limit
     assert metrics.registry.get_sample_value("bridge_upstream_in_flight") == 0
+
+
+def test_retry_after_in_seconds_or_an_http_date_and_nonsense_ignored():
+    from bridge.upstream.client import _retry_after
+
+    now = 1_800_000_000.0  # 2027-01-15T08:00:00Z
+    assert _retry_after({"Retry-After": "7"}, now) == 7.0
+    assert _retry_after({"Retry-After": "-3"}, now) == 0.0
+    assert _retry_after({"Retry-After": "Fri, 15 Jan 2027 08:00:30 GMT"}, now) == 30.0
+    assert _retry_after({"Retry-After": "Fri, 15 Jan 2027 07:59:00 GMT"}, now) == 0.0  # past
+    for nonsense in ("nan", "inf", "soon", ""):
+        assert _retry_after({"Retry-After": nonsense}, now) is None, nonsense
+    assert _retry_after({}, now) is None
