@@ -40,10 +40,13 @@ from .upstream.client import UpstreamClient
 log = logging.getLogger("bridge.app")
 
 STATIC = Path(__file__).parent / "static"
+# Built from clients/js (the npm package session-bridge-client) by `make js` and
+# committed, so that installing the bridge never needs Node.
 STATIC_FILES = {
     "/bridge/client.js": ("client.js", "text/javascript"),
     "/bridge/use-connection-manager.js": ("use-connection-manager.js", "text/javascript"),
     "/bridge/client.d.ts": ("client.d.ts", "application/typescript"),
+    "/bridge/use-connection-manager.d.ts": ("use-connection-manager.d.ts", "application/typescript"),
 }
 PUSH_MAX_BYTES = 8 * 1024 * 1024
 
