@@ -39,7 +39,8 @@ def vite_pages(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
             _npm("ci", "--no-audit", "--no-fund", cwd=folder)
     _npm("run", "build", cwd=PACKAGE)  # the example imports the package's dist/
     out = tmp_path_factory.mktemp("vite")
-    _npm("run", "build", "--", "--outDir", str(out), "--emptyOutDir", "--logLevel", "warn", cwd=EXAMPLE)
+    vite_args = ["--outDir", str(out), "--emptyOutDir", "--logLevel", "warn"]
+    _npm("run", "build", "--", *vite_args, cwd=EXAMPLE)
     pages = {"/" + p.relative_to(out).as_posix(): p.read_text() for p in out.rglob("*.js")}
     assert pages, "vite built no script"
     pages["/"] = (out / "index.html").read_text()
