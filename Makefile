@@ -6,7 +6,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: demo test test-min lint mutation bench bench-smoke chaos soak check-config schema clean system-deps
+.PHONY: demo test test-min lint mutation bench bench-smoke chaos soak check-config schema clean system-deps \
+	js js-test node-deps
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,14 +21,37 @@ venv: $(STAMP)
 # What the tests need from Debian: nginx and promtool (prometheus) for the deploy
 # files, redis-server for the many-instance tests (the fixtures start their own
 # on free ports; the service the package enables is not used), chromium for the browser tests (driven by
-# Playwright for Python; never `playwright install`), and npm to fetch React
-# for the hook's test (skipped when node and npm are already there).
+# Playwright for Python; never `playwright install`), and node and npm for the
+# browser client's package and its React example (skipped when already there).
 SYSTEM_PACKAGES := chromium nginx prometheus redis-server
 system-deps:
 	@missing=""; for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	command -v npm >/dev/null 2>&1 || missing="$$missing nodejs npm"; \
 	if [ -n "$$missing" ]; then echo "installing:$$missing"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; fi
-	cd tests/browser/react_app && { [ -d node_modules/react ] || npm ci --no-audit --no-fund --loglevel=error; }
+	@$(MAKE) --no-print-directory $(JS)/node_modules/.package-lock.json $(JS_EXAMPLE)/node_modules/.package-lock.json
+
+# The browser client is the npm package in clients/js (TypeScript). The bridge
+# serves its build from bridge/static/, committed, so `pip install` needs no Node.
+# `make js` rebuilds and syncs it there after a change to clients/js/src;
+# `make js-test` runs its unit tests, type-checks the seed's usage and fails when
+# bridge/static is stale against the source.
+JS := clients/js
+JS_EXAMPLE := $(JS)/examples/react
+
+node-deps:
+	@command -v npm >/dev/null 2>&1 || { echo "installing: nodejs npm"; apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm; }
+
+# npm ci when node_modules is missing or older than the lock file
+%/node_modules/.package-lock.json: %/package-lock.json | node-deps
+	cd $* && npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
+js: $(JS)/node_modules/.package-lock.json
+	cd $(JS) && npm run --silent build && npm run --silent sync
+
+js-test: $(JS)/node_modules/.package-lock.json
+	cd $(JS) && npm test --silent && npm run --silent check
 
 demo: $(STAMP)
 	$(VENV)/bin/session-bridge demo
@@ -38,10 +62,11 @@ lint: $(STAMP)
 	$(VENV)/bin/mypy bridge
 	$(VENV)/bin/lint-imports --no-cache
 
-# Every test, with branch coverage; bridge/core and bridge/protocol must stay at 100 %.
+# The browser client's tests (js-test), then every test, with branch coverage; bridge/core and bridge/protocol must stay at 100 %.
 # Then a short smoke of each benchmark, the mutation gate on core and protocol, and
 # the tests on the lowest dependency versions pyproject.toml admits.
 test: $(STAMP) system-deps
+	$(MAKE) --no-print-directory js-test
 	$(PY) -m pytest --cov=bridge --cov-report= $(PYTEST_ARGS)
 	$(PY) -m coverage report --include='bridge/core/*,bridge/protocol/*' --fail-under=100
 	$(MAKE) bench-smoke
@@ -100,3 +125,4 @@ schema: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .coverage htmlcov .hypothesis
+	rm -rf $(JS)/node_modules $(JS)/dist $(JS)/build $(JS_EXAMPLE)/node_modules $(JS_EXAMPLE)/dist

@@ -40,10 +40,14 @@ from .upstream.client import UpstreamClient
 log = logging.getLogger("bridge.app")
 
 STATIC = Path(__file__).parent / "static"
+# Built from clients/js (the npm package session-bridge-client) by `make js` and
+# committed, so that installing the bridge never needs Node.
+_JS, _TS = "text/javascript", "application/typescript"
 STATIC_FILES = {
-    "/bridge/client.js": ("client.js", "text/javascript"),
-    "/bridge/use-connection-manager.js": ("use-connection-manager.js", "text/javascript"),
-    "/bridge/client.d.ts": ("client.d.ts", "application/typescript"),
+    "/bridge/client.js": ("client.js", _JS),
+    "/bridge/use-connection-manager.js": ("use-connection-manager.js", _JS),
+    "/bridge/client.d.ts": ("client.d.ts", _TS),
+    "/bridge/use-connection-manager.d.ts": ("use-connection-manager.d.ts", _TS),
 }
 PUSH_MAX_BYTES = 8 * 1024 * 1024
 

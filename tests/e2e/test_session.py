@@ -263,6 +263,12 @@ async def test_shipped_client_files_are_served(stack: Stack):
         assert "export class ConnectionManager" in await r.text()
     async with stack.http.get(stack.url("/bridge/client.d.ts")) as r:
         assert r.status == 200 and "getState(): ConnectionState" in await r.text()
+    # the declarations are tsc's (clients/js): the hook's import the client's as ./client.js
+    async with stack.http.get(stack.url("/bridge/use-connection-manager.d.ts")) as r:
+        assert r.status == 200 and r.headers["Content-Type"].startswith("application/typescript")
+        text = await r.text()
+        assert 'from "./client.js"' in text
+        assert "export declare function useConnectionManager" in text
 
 
 async def test_permessage_deflate_clients_get_the_same_stream(stack: Stack):
