@@ -48,6 +48,8 @@ STATIC_FILES = {
     "/bridge/use-connection-manager.js": ("use-connection-manager.js", _JS),
     "/bridge/client.d.ts": ("client.d.ts", _TS),
     "/bridge/use-connection-manager.d.ts": ("use-connection-manager.d.ts", _TS),
+    # the admin page's script (the page, at /bridge/admin/, is admin.py's)
+    "/bridge/admin.js": ("admin.js", _JS),
 }
 PUSH_MAX_BYTES = 8 * 1024 * 1024
 

@@ -36,6 +36,7 @@ from .connection import Connection, ConnectRequest
 from .events import BackplaneEvents
 from .fanout import Fanout
 from .heartbeats import Heartbeats
+from .history import History
 from .membership import Membership
 from .poller import Poller, Who
 from .session import Session
@@ -59,6 +60,9 @@ class Bridge:
         # one bound method for every owner (a connection keeps a reference to it)
         self.count_task_error: Callable[[str], None] = self._count_task_error
         self.tasks = TaskOwner("bridge", count=self.count_task_error)
+        #: drains and reconnect waves, for the admin page
+        self.history = History()
+        self.started_at = time.time()
         self.ticker = Ticker()
         self.ticker.on("flush", self._flush_held)
         self.ticker.on("follow", self._follow_over)
@@ -69,7 +73,7 @@ class Bridge:
         self.heartbeats = Heartbeats(cfg, self.ticker, metrics)
         self.registry = Sessions(
             cfg, metrics, self.backplane, self.ticker, self.fanout, self.tokens,
-            self.count_task_error,
+            self.count_task_error, self.history,
         )  # fmt: skip
         self.membership = Membership(cfg, upstream, self.backplane, self.registry, self.fanout)
         self.poller = Poller(cfg, metrics, upstream, self.backplane, self.registry)
@@ -255,12 +259,14 @@ class Bridge:
         retry_after = max(0.5, min(2.0, timeout / 4))
         notice = m.reconnect(retry_after, "draining")
         conns = list(self.connections.values())
+        entry = self.history.drain_started(len(conns))
         log.info("draining %d connections (retry_after %.1fs)", len(conns), retry_after)
         for conn in conns:
             conn.send(notice)
             conn.close(1012, "server restarting", "drain")
         while time.monotonic() < deadline and any(not _gone(c) for c in self.connections.values()):
             await asyncio.sleep(0.02)
+        self.history.drain_ended(entry, len(self.connections))
         log.info(
             "drained in %.2fs; %d connections left", time.monotonic() - started,
             len(self.connections),

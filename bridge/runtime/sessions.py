@@ -31,6 +31,7 @@ from ..protocol.types import ClientId, Message, SessionId, UserId
 from ..tasks import TaskOwner
 from .connection import TRANSPORTS, Connection, ConnectRequest
 from .fanout import Fanout
+from .history import History
 from .session import Session, UserContext
 from .ticker import Ticker
 
@@ -100,10 +101,13 @@ class Sessions:
         fanout: Fanout,
         tokens_: Tokens,
         count_task_error: Callable[[str], None],
+        history: History | None = None,
     ) -> None:
         self.cfg = cfg
         self.metrics = metrics
         self.backplane = backplane
+        #: drains and reconnect waves, for the admin page
+        self.history = history or History()
         self.ticker = ticker
         self.fanout = fanout
         self.tokens = tokens_
@@ -215,6 +219,7 @@ class Sessions:
             conn.start(
                 self.welcome(session, conn, resumed, attached.head), attached.backlog.entries
             )
+            self.history.connected(resumed)
         except BaseException:
             # all or nothing: a transport that cannot start leaves no slot, count
             # or presence behind (its user's grace starts, as for any client gone)

@@ -6,7 +6,7 @@ import path from "node:path";
 
 export const PACKAGE = path.dirname(path.dirname(fileURLToPath(import.meta.url)));
 export const STATIC = path.resolve(PACKAGE, "../../bridge/static");
-export const FILES = ["client.js", "client.d.ts", "use-connection-manager.js", "use-connection-manager.d.ts"];
+export const FILES = ["client.js", "client.d.ts", "use-connection-manager.js", "use-connection-manager.d.ts", "admin.js"];
 
 // tsc -p tsconfig.json, into outDir (default: dist/); throws on a compile error.
 export function build(outDir) {

@@ -1,0 +1,152 @@
+"""The admin overview and its live feed (bridge/admin.py): what it shows, that it
+needs the token, that nothing runs while nobody watches, and that a shutdown
+ends the streams; the page shell for browsers."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import aiohttp
+
+from bridge.admin import FEED
+from bridge.runtime.history import WAVE, History
+
+ADMIN = {"admin": {"token": "sesame"}}
+AUTH = {"Authorization": "Bearer sesame"}
+
+
+async def read_events(resp: aiohttp.ClientResponse, n: int) -> list[dict]:
+    out, buf = [], b""
+    while len(out) < n:
+        buf += await asyncio.wait_for(resp.content.readany(), 5)
+        while b"\n\n" in buf:
+            block, buf = buf.split(b"\n\n", 1)
+            lines = dict(line.split(": ", 1) for line in block.decode().split("\n") if ": " in line)
+            if lines.get("event") == "overview":
+                out.append(json.loads(lines["data"]))
+    return out
+
+
+def feed_tasks() -> list[str]:
+    return [t.get_name() for t in asyncio.all_tasks() if "admin page's feed" in t.get_name()]
+
+
+async def test_the_overview_shows_transports_sessions_upstream_and_backplane(make_stack):
+    stack = await make_stack(ADMIN)
+    a = await stack.connect("ov", "alice")
+    b = await stack.connect("ov", "bob", transport="sse")
+    await a.command("vote", {"vote": "3"})
+    async with stack.http.get(stack.url("/bridge/admin/overview")) as r:
+        assert r.status == 401  # the token, always
+    async with stack.http.get(stack.url("/bridge/admin/overview"), headers=AUTH) as r:
+        o = await r.json()
+    assert o["connections"] == {"websocket": 1, "sse": 1, "poll": 0}
+    assert o["sessionCount"] == 1
+    (s,) = o["sessions"]
+    assert s["sessionId"] == "ov" and s["clients"] == 2
+    assert sorted(s["users"]) == ["alice", "bob"] and s["transports"] == {"websocket": 1, "sse": 1}
+    up = o["upstream"]
+    assert up["breaker"] == "closed" and up["limit"] == 10 and up["queued"] == 0
+    assert o["backplane"] == {"kind": "memory", "healthy": True}
+    assert o["history"] == [] and o["draining"] is False
+    assert c_token_absent(o, a) and c_token_absent(o, b)
+    await a.close()
+    await b.close()
+
+
+def c_token_absent(o: dict, client) -> bool:
+    return client.welcome_msg["resumeToken"] not in json.dumps(o)
+
+
+async def test_the_feed_runs_only_while_someone_watches_and_numbers_move(make_stack):
+    stack = await make_stack(ADMIN)
+    assert feed_tasks() == []  # nobody watches: nothing runs
+    async with stack.http.get(stack.url("/bridge/admin/events")) as r:
+        assert r.status == 401
+    async with stack.http.get(stack.url("/bridge/admin/events"), headers=AUTH) as r:
+        assert r.headers["Content-Type"] == "text/event-stream"
+        async with stack.http.get(stack.url("/bridge/admin/events"), headers=AUTH) as r2:
+            (first,) = await read_events(r, 1)
+            assert len(feed_tasks()) == 1  # one feed for both watchers
+            assert first["connections"]["websocket"] == 0
+            c = await stack.connect("live", "u1")
+            await c.command("vote", {"vote": "1"})
+            moved = None
+            for _ in range(5):
+                (o,) = await read_events(r2, 1)
+                if o["connections"]["websocket"] == 1 and o["upstream"]["requestsPerSecond"]:
+                    moved = o
+                    break
+            assert moved is not None, "the feed never showed the new client"
+            assert moved["upstream"]["meanMs"] is not None
+            await c.close()
+    for _ in range(50):
+        if not feed_tasks():
+            break
+        await asyncio.sleep(0.05)
+    assert feed_tasks() == [], "the feed kept running with nobody watching"
+
+
+async def test_a_shutdown_ends_the_streams(make_stack):
+    stack = await make_stack(ADMIN)
+    async with stack.http.get(stack.url("/bridge/admin/events"), headers=AUTH) as r:
+        await read_events(r, 1)
+        started = time.monotonic()
+        await stack.bridge_server.app.shutdown()  # what the runner does first on SIGTERM
+        while await asyncio.wait_for(r.content.readany(), 5):
+            pass  # the stream ends
+        assert time.monotonic() - started < 3
+    assert stack.bridge_server.app[FEED].feed.watchers == set()
+
+
+async def test_a_browser_gets_the_page_and_no_data_without_the_token(make_stack):
+    stack = await make_stack(ADMIN)
+    html = {"Accept": "text/html,application/xhtml+xml"}
+    async with stack.http.get(stack.url("/bridge/admin/"), headers=html) as r:
+        assert r.status == 200 and r.content_type == "text/html"
+        page = await r.text()
+        assert "/bridge/admin.js" in page and "sesame" not in page
+        assert "frame-ancestors 'none'" in r.headers["Content-Security-Policy"]
+        assert r.headers["Cache-Control"] == "no-store"
+    async with stack.http.get(stack.url("/bridge/admin.js")) as r:
+        assert r.status == 200 and "parseEvents" in await r.text()
+    async with stack.http.get(stack.url("/bridge/admin/")) as r:  # not a browser: as before
+        assert r.status == 401
+    async with stack.http.get(stack.url("/bridge/admin/"), headers={**html, **AUTH}) as r:
+        assert [e["path"] for e in (await r.json())["endpoints"]][:3] == [
+            "/bridge/admin/",
+            "/bridge/admin/overview",
+            "/bridge/admin/events",
+        ]
+    off = await make_stack()
+    async with off.http.get(off.url("/bridge/admin/"), headers=html) as r:
+        assert r.status == 404  # admin off: no page either
+
+
+def test_history_of_drains_and_waves():
+    h = History()
+    entry = h.drain_started(12)
+    assert h.recent(now=entry.at)[0]["kind"] == "drain"
+    History.drain_ended(entry, 1)
+    assert (entry.count, entry.other, entry.done) == (12, 1, True)
+    t = 1_000.0
+    for _ in range(WAVE - 1):  # not quite a wave
+        h.connected(False, now=t + 0.5)
+    for i in range(WAVE):  # a wave, two seconds long, half of it resumes
+        h.connected(i % 2 == 0, now=t + 1.2)
+    for _ in range(WAVE):
+        h.connected(True, now=t + 2.7)
+    open_wave = h.recent(now=t + 2.9)[0]
+    assert (open_wave["kind"], open_wave["count"], open_wave["seconds"]) == ("wave", 2 * WAVE, 2.0)
+    assert open_wave["done"] is False
+    h.connected(False, now=t + 9.0)  # quiet again: the wave is settled
+    wave = h.recent(now=t + 9.5)[0]
+    assert (wave["count"], wave["other"], wave["seconds"], wave["at"]) == (
+        2 * WAVE,
+        WAVE // 2 + WAVE,
+        2.0,
+        t + 1,
+    )
+    assert [e["kind"] for e in h.recent(now=t + 9.5)] == ["wave", "drain"]
