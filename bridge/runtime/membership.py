@@ -345,6 +345,8 @@ class Membership:
                 # half of the interval, the same every time: those of a mass arrival
                 # (due together) reach the app spread out, never all at once
                 await asyncio.sleep(route.every * 0.5 * spread(f"{session.id}\n{user}"))
+                if not session.hub.presence.is_present(user):
+                    return  # left while this waited for its phase: the app forgot them
             if ctx_user is None:
                 ctx_user = session.users.get(user)
             params: Mapping[str, str] = ctx_user.params if ctx_user else {}

@@ -405,3 +405,23 @@ async def test_deflate_can_be_turned_off(make_stack):
     assert ws.protocol == "bridge.v1.json", "msgpack is not offered when turned off"
     assert (await ws.receive_json(timeout=5))["type"] == "welcome"
     await ws.close()
+
+
+async def test_no_keepalive_for_a_user_who_left_while_it_waited_for_its_phase(make_stack):
+    # u11's keep-alives go at 0.87 of the first half of the interval (crc32 of
+    # "ka\nu11"): due at 2 s, sent at about 2.87 s. Gone at 2.1 s (grace 0.1 s),
+    # the user left first; the app must not be asked to keep them alive after.
+    from bridge.runtime.membership import spread
+
+    assert spread("ka\nu11") > 0.85
+    stack = await make_stack({
+        "upstream": {"keepalive": {"path": "/api/sessions/{sessionId}/heartbeat",
+                                   "json": {"userId": "{userId}"}, "every": "2s"}},
+        "presence": {"grace": "100ms"},
+    })  # fmt: skip
+    client = await stack.connect("ka", "u11")
+    await asyncio.sleep(2.1)
+    await client.close()
+    await asyncio.sleep(1.2)
+    assert len(stack.commands("/leave")) == 1
+    assert stack.commands("/heartbeat") == []
