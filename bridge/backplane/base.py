@@ -104,9 +104,12 @@ class Events(Protocol):
         """The shared log cannot be reached: from now on the session's log here
         goes on under an epoch of this instance's own."""
 
-    def stream_entry(self, session: SessionView, entry: LoggedEntry) -> None:
+    def stream_entry(
+        self, session: SessionView, entry: LoggedEntry, seen_at: float | None = None
+    ) -> None:
         """The next message of the shared stream (seq assigned by the backplane):
-        keep it in the session's log here and fan it out."""
+        keep it in the session's log here and fan it out. ``seen_at``: when the
+        change was seen (this process' monotonic clock), for the delivery latency."""
 
     def log_loaded(self, session: SessionView, epoch: str, entries: Sequence[LoggedEntry]) -> None:
         """The session's log, as the shared backplane has it, replaces the one here."""

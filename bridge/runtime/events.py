@@ -53,11 +53,13 @@ class BackplaneEvents:
         log_ = _session(session).hub.log
         log_.epoch = f"{log_.epoch}~{secrets.token_urlsafe(4)}"
 
-    def stream_entry(self, session: SessionView, entry: LoggedEntry) -> None:
+    def stream_entry(
+        self, session: SessionView, entry: LoggedEntry, seen_at: float | None = None
+    ) -> None:
         s = _session(session)
         kept = s.hub.log.accept(entry.seq, entry.type, entry.payload, time.monotonic())
         if kept is not None:
-            self.fanout.broadcast(s, kept)
+            self.fanout.broadcast(s, kept, seen_at)
 
     def log_loaded(self, session: SessionView, epoch: str, entries: Sequence[LoggedEntry]) -> None:
         s = _session(session)

@@ -340,3 +340,14 @@ async def test_a_call_fired_just_before_stop_is_closed_not_left_unawaited(make_s
     await bp.stop()
     assert ran == []  # it never ran ...
     assert pending.cr_frame is None  # ... and it was closed, not left pending
+
+
+def test_a_stream_entrys_id_dates_the_change_for_the_delivery_latency():
+    from bridge.backplane.redis.backplane import _seen_at
+
+    now_ms = int(time.time() * 1000)
+    seen = _seen_at(f"{now_ms - 250}-3")
+    assert seen is not None and 0.2 < time.monotonic() - seen < 1.0
+    ahead = _seen_at(f"{now_ms + 60_000}-0")  # Redis' clock ahead of ours: not negative
+    assert ahead is not None and 0 <= time.monotonic() - ahead < 0.5
+    assert _seen_at("not-an-id") is None

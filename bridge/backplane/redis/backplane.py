@@ -483,7 +483,8 @@ class RedisBackplane:
         if epoch != view.epoch:
             self._resync(f, "epoch")
         elif seq == view.head + 1:
-            self.events.stream_entry(view, LoggedEntry(seq, kind_s, json.loads(payload)))
+            entry = LoggedEntry(seq, kind_s, json.loads(payload))
+            self.events.stream_entry(view, entry, _seen_at(stream_id))
             f.last_id = stream_id
         elif seq > view.head + 1:
             self._catch_up(f)
@@ -1006,3 +1007,14 @@ def _ctx(raw: Any) -> dict[str, Any] | None:
 
 
 __all__ = ["Keys", "RedisBackplane"]
+
+
+def _seen_at(stream_id: str) -> float | None:
+    """When a stream entry was added, on this process' monotonic clock: its id
+    is Redis' own time in milliseconds (``<ms>-<n>``), so the delivery latency
+    with Redis includes the trip through it (on Redis' clock: keep it in step)."""
+    try:
+        added = int(stream_id.split("-", 1)[0]) / 1000.0
+    except ValueError:
+        return None
+    return time.monotonic() - max(0.0, time.time() - added)
