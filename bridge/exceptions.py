@@ -21,6 +21,7 @@
     ├── JoinRefused                              a user's upstream join failed (its close_code)
     ├── HookNotFound(BridgeError, ValueError)    a decode hook cannot be loaded (upstream/hooks.py)
     ├── HookFailed                               a decode hook raised or ran too long
+    ├── OpenAPIError                             init --openapi cannot read the document
     ├── ClientError                              the Python client's errors (bridge.client.errors)
     │   └── CommandFailed                        the bridge acked a command with an error
     └── UpstreamError                            the legacy app failed a request
@@ -240,3 +241,8 @@ class UpstreamBusy(UpstreamUnavailable):
     """More requests wait for the app than ``upstream.max_queue``: not sent."""
 
     code = "upstream_busy"
+
+
+class OpenAPIError(BridgeError):
+    """``session-bridge init --openapi``: the document could not be read, or is
+    not an OpenAPI document (the message says which)."""

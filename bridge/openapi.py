@@ -39,7 +39,7 @@ from typing import Any
 
 import yaml
 
-from .exceptions import BridgeError
+from .exceptions import OpenAPIError
 
 ROLES = ("state", "leave", "join", "vote", "reveal", "reset", "keepalive")
 COMMANDS = ("join", "vote", "reveal", "reset", "leave")
@@ -79,12 +79,6 @@ NOT_GAME = frozenset({"openapi", "docs", "swagger", "health", "healthz", "readyz
                       "actuator"})  # fmt: skip
 FLOOR = 4
 HTTP_METHODS = ("get", "post", "put", "patch", "delete")
-
-
-class OpenAPIError(BridgeError):
-    """The document could not be read, or is not an OpenAPI document."""
-
-    code = "bad_openapi"
 
 
 @dataclass

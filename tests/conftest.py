@@ -493,6 +493,19 @@ def _page(text: str) -> Any:
     return handler
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """redis_server is set up before any other fixture of a test, so it is torn
+    down after them: the bridges stop while Redis is still there, as in a
+    deployment (a test that wants Redis gone first kills it itself). Otherwise
+    their Redis connections could be left to the garbage collector, whose
+    ResourceWarnings then fail whichever later test is running."""
+    for item in items:
+        names = getattr(item, "fixturenames", None)
+        if names and "redis_server" in names and names[0] != "redis_server":
+            names.remove("redis_server")
+            names.insert(0, "redis_server")
+
+
 @pytest.fixture
 async def redis_server(tmp_path):
     """A real redis-server on a free port (tests may kill and restart it)."""
