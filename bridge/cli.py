@@ -353,7 +353,8 @@ def cmd_schema(args: argparse.Namespace) -> int:
 def cmd_init(args: argparse.Namespace) -> int:
     import yaml
 
-    from .openapi import OpenAPIError, draft, load_document
+    from .exceptions import OpenAPIError
+    from .openapi import draft, load_document
 
     if args.output and Path(args.output).exists() and not args.force:
         print(f"session-bridge: {args.output} exists (--force overwrites it)", file=sys.stderr)
