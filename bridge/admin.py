@@ -43,10 +43,14 @@ from .runtime import Bridge, Session
 from .transports.common import BRIDGE, METRICS, json_error
 
 PAGE = Path(__file__).parent / "static" / "admin.html"
+#: admin answers are never cached (the page and the index share a URL)
+NO_STORE = {"Cache-Control": "no-store", "Vary": "Accept, Authorization"}
 #: how often the feed computes an overview (seconds)
 EVERY = 1.0
 #: sessions listed in an overview (the busiest first)
 SESSIONS_SHOWN = 100
+#: users listed per session (``usersTotal`` says how many there are)
+USERS_SHOWN = 20
 
 PREFIX = "/bridge/admin"
 
@@ -149,7 +153,8 @@ async def sessions(request: web.Request) -> web.Response:
             "taskKinds": _task_kinds(),
             "breaker": bridge.upstream.breaker_state(),
             "draining": bridge.closing,
-        }
+        },
+        headers=NO_STORE,
     )
 
 
@@ -160,7 +165,8 @@ async def session(request: web.Request) -> web.Response:
     found = bridge.sessions.get(request.match_info["sid"])
     if found is None:
         return json_error(404, "not_found", "no such session on this instance")
-    return web.json_response(_detail(found, time.monotonic(), bridge.backplane.owns(found)))
+    detail = _detail(found, time.monotonic(), bridge.backplane.owns(found))
+    return web.json_response(detail, headers=NO_STORE)
 
 
 # ---------------------------------------------------------------------- the overview
@@ -235,7 +241,8 @@ def overview(bridge: Bridge, metrics: Any, rates: Rates) -> dict[str, Any]:
             {
                 "sessionId": s.id,
                 "clients": len(s.conns),
-                "users": s.hub.presence.online(),
+                "users": (online := s.hub.presence.online())[:USERS_SHOWN],
+                "usersTotal": len(online),
                 "transports": dict(Counter(c.transport for c in s.conns.values())),
                 "seq": s.hub.log.head,
                 "followed": s.followed_until > now,
@@ -260,17 +267,17 @@ class Feed:
     def __init__(self, bridge: Bridge, metrics: Any) -> None:
         self.bridge = bridge
         self.metrics = metrics
-        self.watchers: set[asyncio.Queue[dict[str, Any] | None]] = set()
+        self.watchers: set[asyncio.Queue[bytes | None]] = set()
         self.task: asyncio.Task[None] | None = None
 
-    def watch(self) -> asyncio.Queue[dict[str, Any] | None]:
-        queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(maxsize=2)
+    def watch(self) -> asyncio.Queue[bytes | None]:
+        queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=2)
         self.watchers.add(queue)
         if self.task is None or self.task.done():
             self.task = self.bridge.tasks.spawn(self._run(), "the admin page's feed")
         return queue
 
-    def unwatch(self, queue: asyncio.Queue[dict[str, Any] | None]) -> None:
+    def unwatch(self, queue: asyncio.Queue[bytes | None]) -> None:
         self.watchers.discard(queue)
         if not self.watchers and self.task is not None:
             self.task.cancel()
@@ -280,8 +287,10 @@ class Feed:
         rates = Rates()
         while self.watchers:
             snapshot = overview(self.bridge, self.metrics, rates)
+            data = json.dumps(snapshot, separators=(",", ":")).encode()
+            event = b"event: overview\ndata: " + data
             for queue in list(self.watchers):
-                _put_newest(queue, snapshot)
+                _put_newest(queue, event + b"\n\n")  # encoded once, for every watcher
             await asyncio.sleep(EVERY)
 
     def close(self) -> None:
@@ -303,10 +312,12 @@ def _put_newest(queue: asyncio.Queue[Any], item: Any) -> None:
 
 class FeedSlot:
     """Where the app keeps its feed (made on the first watch: the bridge is
-    made at start-up, after the routes)."""
+    made at start-up, after the routes), and the rates of the JSON overview
+    (since the last time it was asked)."""
 
     def __init__(self) -> None:
         self.feed: Feed | None = None
+        self.rates = Rates()
 
 
 FEED: web.AppKey[FeedSlot] = web.AppKey("admin_feed", FeedSlot)
@@ -330,7 +341,8 @@ async def overview_handler(request: web.Request) -> web.Response:
     if not _authorised(request):
         return _unauthorised()
     bridge = request.app[BRIDGE]
-    return web.json_response(overview(bridge, request.app[METRICS], Rates()))
+    body = overview(bridge, request.app[METRICS], request.app[FEED].rates)
+    return web.json_response(body, headers=NO_STORE)
 
 
 async def events(request: web.Request) -> web.StreamResponse:
@@ -353,8 +365,9 @@ async def events(request: web.Request) -> web.StreamResponse:
                 continue
             if snapshot is None:  # shutting down
                 break
-            data = json.dumps(snapshot, separators=(",", ":"))
-            await resp.write(f"event: overview\ndata: {data}\n\n".encode())
+            if not _authorised(request):  # the token changed (a reload) or admin is off
+                break
+            await resp.write(snapshot)
     except (ConnectionResetError, asyncio.CancelledError):
         pass  # the page went away (or the bridge stops)
     finally:
@@ -366,7 +379,7 @@ def _page() -> web.Response:
     return web.Response(
         body=PAGE.read_bytes(), content_type="text/html", charset="utf-8",
         headers={
-            "Cache-Control": "no-store", "X-Frame-Options": "DENY",
+            **NO_STORE, "X-Frame-Options": "DENY",
             "Referrer-Policy": "no-referrer", "X-Content-Type-Options": "nosniff",
             "Content-Security-Policy": "default-src 'none'; script-src 'self'; "
             "style-src 'self' 'unsafe-inline'; connect-src 'self'; img-src 'self' data:; "
@@ -377,14 +390,17 @@ def _page() -> web.Response:
 
 async def index(request: web.Request) -> web.Response:
     wants_page = "text/html" in request.headers.get("Accept", "")
-    if wants_page and "Authorization" not in request.headers and request.path.endswith("/"):
+    if wants_page and "Authorization" not in request.headers:
         if not request.app[BRIDGE].cfg.admin.token:
             return json_error(404, "not_found", "admin is off (no admin.token)")
+        if not request.path.endswith("/"):
+            raise web.HTTPFound(PREFIX + "/")
         return _page()
     if not _authorised(request):
         return _unauthorised()
     return web.json_response(
-        {"endpoints": [{"path": p, "method": "GET", "about": a} for p, a in ENDPOINTS.items()]}
+        {"endpoints": [{"path": p, "method": "GET", "about": a} for p, a in ENDPOINTS.items()]},
+        headers=NO_STORE,
     )
 
 

@@ -72,6 +72,13 @@ function ago(at) {
     const s = Math.max(0, Math.round(Date.now() / 1000 - at));
     return s < 90 ? `${s} s ago` : s < 5400 ? `${Math.round(s / 60)} min ago` : `${Math.round(s / 3600)} h ago`;
 }
+/** The users shown (the overview lists the first few), and how many more. */
+export function usersText(users, total) {
+    if (!users.length)
+        return "–";
+    const more = total - users.length;
+    return users.join(", ") + (more > 0 ? ` and ${more} more` : "");
+}
 function num(value, unit = "") {
     return value == null ? "–" : `${value}${unit}`;
 }
@@ -182,7 +189,7 @@ class AdminPage {
         byId("sessions").replaceChildren(...o.sessions.map((s) => {
             const tr = el("tr");
             const transports = Object.entries(s.transports).map(([t, n]) => `${t} ${n}`).join(", ");
-            tr.append(el("td", s.sessionId + (s.followed ? " (legacy polls)" : "")), el("td", String(s.clients)), el("td", transports || "–"), el("td", s.users.join(", ") || "–"), el("td", String(s.seq)));
+            tr.append(el("td", s.sessionId + (s.followed ? " (legacy polls)" : "")), el("td", String(s.clients)), el("td", transports || "–"), el("td", usersText(s.users, s.usersTotal)), el("td", String(s.seq)));
             return tr;
         }));
         const items = o.history.map((h) => {

@@ -150,3 +150,57 @@ def test_history_of_drains_and_waves():
         t + 1,
     )
     assert [e["kind"] for e in h.recent(now=t + 9.5)] == ["wave", "drain"]
+
+
+async def test_a_changed_token_ends_the_open_streams(aiohttp_server, tmp_path):
+    from bridge.app import ReloadSource, make_app, reload_config
+    from bridge.config import load_config
+    from bridge.demo.backend import make_backend_app
+
+    up = await aiohttp_server(make_backend_app())
+    path = tmp_path / "bridge.yaml"
+    base = f"upstream: {{url: '{up.make_url('')}'}}\nadmin: {{token: sesame}}\n"
+    path.write_text(base)
+    server = await aiohttp_server(make_app(load_config(str(path)),
+                                           reload_from=ReloadSource(str(path))))  # fmt: skip
+    async with aiohttp.ClientSession() as http:
+        async with http.get(server.make_url("/bridge/admin/events"), headers=AUTH) as r:
+            await read_events(r, 1)
+            path.write_text(base.replace("sesame", "rotated"))
+            assert reload_config(server.app)
+            started = time.monotonic()
+            while await asyncio.wait_for(r.content.readany(), 5):
+                pass  # the old token's stream ends at its next tick
+            assert time.monotonic() - started < 3
+        async with http.get(server.make_url("/bridge/admin/overview"), headers=AUTH) as r:
+            assert r.status == 401
+
+
+async def test_json_answers_are_not_cached_and_rates_come_from_the_last_call(make_stack):
+    stack = await make_stack(ADMIN)
+    c = await stack.connect("r", "u1")
+    url = stack.url("/bridge/admin/overview")
+    async with stack.http.get(url, headers=AUTH) as r:
+        assert r.headers["Cache-Control"] == "no-store" and "Accept" in r.headers["Vary"]
+        assert (await r.json())["upstream"]["requestsPerSecond"] is None  # the first: none yet
+    await c.command("vote", {"vote": "1"})
+    await asyncio.sleep(0.2)
+    async with stack.http.get(url, headers=AUTH) as r:
+        up = (await r.json())["upstream"]
+    assert up["requestsPerSecond"] > 0 and up["meanMs"] is not None
+    async with stack.http.get(stack.url("/bridge/admin"), headers={"Accept": "text/html"},
+                              allow_redirects=False) as r:  # fmt: skip
+        assert r.status == 302 and r.headers["Location"] == "/bridge/admin/"
+    await c.close()
+
+
+async def test_a_session_with_many_users_lists_the_first_twenty(make_stack):
+    from bridge.admin import USERS_SHOWN
+
+    stack = await make_stack(ADMIN)
+    clients = [await stack.connect("big", f"u{i:02}") for i in range(USERS_SHOWN + 5)]
+    async with stack.http.get(stack.url("/bridge/admin/overview"), headers=AUTH) as r:
+        (s,) = (await r.json())["sessions"]
+    assert len(s["users"]) == USERS_SHOWN and s["usersTotal"] == USERS_SHOWN + 5
+    for c in clients:
+        await c.close()

@@ -16,7 +16,7 @@ export interface Overview {
   connections: Record<string, number>;
   sessionCount: number;
   sessions: {
-    sessionId: string; clients: number; users: string[];
+    sessionId: string; clients: number; users: string[]; usersTotal: number;
     transports: Record<string, number>; seq: number; followed: boolean;
   }[];
   upstream: {
@@ -95,6 +95,13 @@ function set(id: string, text: string, cls = ""): void {
 function ago(at: number): string {
   const s = Math.max(0, Math.round(Date.now() / 1000 - at));
   return s < 90 ? `${s} s ago` : s < 5400 ? `${Math.round(s / 60)} min ago` : `${Math.round(s / 3600)} h ago`;
+}
+
+/** The users shown (the overview lists the first few), and how many more. */
+export function usersText(users: string[], total: number): string {
+  if (!users.length) return "–";
+  const more = total - users.length;
+  return users.join(", ") + (more > 0 ? ` and ${more} more` : "");
 }
 
 function num(value: number | null, unit = ""): string {
@@ -201,7 +208,7 @@ class AdminPage {
       const tr = el("tr");
       const transports = Object.entries(s.transports).map(([t, n]) => `${t} ${n}`).join(", ");
       tr.append(el("td", s.sessionId + (s.followed ? " (legacy polls)" : "")), el("td", String(s.clients)),
-        el("td", transports || "–"), el("td", s.users.join(", ") || "–"), el("td", String(s.seq)));
+        el("td", transports || "–"), el("td", usersText(s.users, s.usersTotal)), el("td", String(s.seq)));
       return tr;
     }));
     const items = o.history.map((h) => {

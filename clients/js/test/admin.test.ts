@@ -3,7 +3,7 @@
 // tests/browser/test_admin_page.py).
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
-import { KEPT, lines, parseEvents } from "session-bridge-client/admin";
+import { KEPT, lines, parseEvents, usersText } from "session-bridge-client/admin";
 
 describe("parseEvents", () => {
   it("splits complete events and keeps the rest for the next chunk", () => {
@@ -36,5 +36,13 @@ describe("lines", () => {
     const flat = lines([{ websocket: 0, sse: 0, poll: 0 }], 600, 140);
     assert.equal(flat.poll, "600.0,136.0");
     assert.equal(KEPT, 300);
+  });
+});
+
+describe("usersText", () => {
+  it("lists the users shown and says how many more there are", () => {
+    assert.equal(usersText([], 0), "–");
+    assert.equal(usersText(["a", "b"], 2), "a, b");
+    assert.equal(usersText(["a", "b"], 30), "a, b and 28 more");
   });
 });
