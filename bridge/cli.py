@@ -364,13 +364,13 @@ def cmd_init(args: argparse.Namespace) -> int:
     except OpenAPIError as exc:
         print(f"session-bridge: {exc}", file=sys.stderr)
         return 1
-    text, todos = draft(doc, args.openapi, fetched)
-    try:  # a draft that does not pass check-config is a bug of the drafter
+    try:  # a draft that fails, or does not pass check-config, is a bug of the drafter
+        text, todos = draft(doc, args.openapi, fetched)
         config_from_dict(yaml.safe_load(text))
-    except ConfigError as exc:  # pragma: no cover - guarded by tests/test_openapi.py
-        print(f"session-bridge: the draft does not pass check-config (a bug): {exc}",
+    except Exception as exc:  # pragma: no cover - guarded by tests/test_openapi.py
+        print(f"session-bridge: could not draft a config from {args.openapi} (a bug of the "
+              f"drafter, please report it with the document): {type(exc).__name__}: {exc}",
               file=sys.stderr)  # fmt: skip
-        sys.stdout.write(text)
         return 1
     if args.output:
         Path(args.output).write_text(text, encoding="utf-8")

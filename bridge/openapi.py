@@ -104,8 +104,9 @@ class Operation:
 
     @property
     def label(self) -> str:
+        """For a comment: one line, whatever the document holds."""
         oid = f" (operationId {self.op_id})" if self.op_id else ""
-        return f"{self.method} {self.path}{oid}"
+        return _c(f"{self.method} {self.path}{oid}")
 
     def fields(self) -> list[Field]:
         return self.params + self.body
@@ -154,43 +155,55 @@ def _resolve(doc: dict[str, Any], node: Any, depth: int = 0) -> Any:
     return node if node is not None else {}
 
 
-def _properties(doc: dict[str, Any], schema: Any) -> tuple[dict[str, str], set[str]]:
-    """Top-level properties (name → type) and the required ones, through allOf."""
+def _properties(
+    doc: dict[str, Any], schema: Any, depth: int = 0
+) -> tuple[dict[str, str], set[str]]:
+    """Top-level properties (name → type) and the required ones, through allOf
+    (a schema that includes itself ends at a depth of 10)."""
     schema = _resolve(doc, schema)
     props: dict[str, str] = {}
     required: set[str] = set()
-    if not isinstance(schema, dict):
+    if not isinstance(schema, dict) or depth > 10:
         return props, required
-    for sub in schema.get("allOf", []) or []:
-        p, r = _properties(doc, sub)
+    for sub in _list(schema.get("allOf")):
+        p, r = _properties(doc, sub, depth + 1)
         props.update(p)
         required |= r
-    for name, prop in (schema.get("properties") or {}).items():
+    for name, prop in _dict(schema.get("properties")).items():
         prop = _resolve(doc, prop)
         kind = ""
         if isinstance(prop, dict):
             kind = str(prop.get("type", "") or ("object" if "properties" in prop else ""))
         props[str(name)] = kind
-    required |= {str(r) for r in schema.get("required", []) or []}
+    required |= {str(r) for r in _list(schema.get("required"))}
     return props, required
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    """A mapping of the document, or an empty one where it holds something else."""
+    return value if isinstance(value, dict) else {}
+
+
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
 
 
 def operations(doc: dict[str, Any]) -> list[Operation]:
     """Every operation of the document, its parameters and body fields."""
     swagger2 = "swagger" in doc
     out: list[Operation] = []
-    for path, item in doc["paths"].items():
+    for path, item in _dict(doc["paths"]).items():
         item = _resolve(doc, item)
         if not isinstance(item, dict):
             continue
-        shared = item.get("parameters", []) or []
+        shared = _list(item.get("parameters"))
         for method in HTTP_METHODS:
             op = item.get(method)
             if not isinstance(op, dict):
                 continue
             summary = str(op.get("summary", "") or op.get("description", "") or "")
             o = Operation(method.upper(), str(path), str(op.get("operationId", "") or ""), summary)
-            for p in [*shared, *(op.get("parameters", []) or [])]:
+            for p in [*shared, *_list(op.get("parameters"))]:
                 p = _resolve(doc, p)
                 if not isinstance(p, dict) or "name" not in p:
                     continue
@@ -206,7 +219,7 @@ def operations(doc: dict[str, Any]) -> list[Operation]:
                                           or where == "path"))  # fmt: skip
             body = _resolve(doc, op.get("requestBody"))
             if isinstance(body, dict) and isinstance(body.get("content"), dict):
-                content = body["content"]
+                content = {k: _dict(v) for k, v in body["content"].items()}
                 kind = next((k for k in content if "json" in k), None)
                 if kind is None and any("form" in k for k in content):
                     kind = next(k for k in content if "form" in k)
@@ -220,7 +233,7 @@ def operations(doc: dict[str, Any]) -> list[Operation]:
 
 
 def _answer(doc: dict[str, Any], op: dict[str, Any], swagger2: bool) -> dict[str, str]:
-    for code, resp in (op.get("responses") or {}).items():
+    for code, resp in _dict(op.get("responses")).items():
         if not str(code).startswith("2"):
             continue
         resp = _resolve(doc, resp)
@@ -229,12 +242,17 @@ def _answer(doc: dict[str, Any], op: dict[str, Any], swagger2: bool) -> dict[str
         if swagger2:
             schema = resp.get("schema")
         else:
-            content = resp.get("content") or {}
+            content = _dict(resp.get("content"))
             kind = next((k for k in content if "json" in k), None)
-            schema = (content[kind] or {}).get("schema") if kind else None
+            schema = _dict(content[kind]).get("schema") if kind else None
         if schema is not None:
             return _properties(doc, schema)[0]
     return {}
+
+
+def _c(text: str) -> str:
+    """Text of the document made safe for one line of a YAML comment."""
+    return re.sub(r"[\x00-\x1f\x7f]+", " ", text)[:300]
 
 
 # ---------------------------------------------------------------------- guessing
@@ -314,11 +332,16 @@ def score(role: str, op: Operation) -> tuple[int, str]:
     if role == "join" and m in ("POST", "PUT") and member_last and not ends_in_param:
         points += 4
         why.append("a POST to a collection of members")
-    if role == "leave":
-        if m == "DELETE" and ends_in_param and len(literal) and literal[-1] in MEMBER_WORDS:
+    if role == "leave" and m == "DELETE":
+        one_member = user_param(op) is not None or any(
+            _norm(f.name) in USER_NAMES for f in op.fields() if f.where != "path"
+        )
+        if not one_member:  # a DELETE of the room, or of every member: never a leave
+            return 0, ""
+        if ends_in_param and len(literal) and literal[-1] in MEMBER_WORDS:
             points += 8
             why.append("a DELETE of one member")
-        elif m == "DELETE":
+        else:
             points += 1
     if role == "state" and ends_in_param and segs[-1][1:-1] in room_params(op):
         points += 6
@@ -419,7 +442,7 @@ def _path(op: Operation, who: Identity) -> tuple[str, list[str]]:
         if name == user:
             return who.user
         notes.append(f"TODO: path parameter {name}: no guess")
-        return f"TODO-{name}"
+        return "TODO-" + re.sub(r"[^A-Za-z0-9_.-]", "_", name)
 
     return re.sub(r"\{([^}]+)\}", sub, op.path), notes
 
@@ -440,8 +463,8 @@ def route_lines(role: str, op: Operation, why: str, who: Identity, indent: str) 
         if value is None:
             continue
         (query if f.where == "query" else body)[f.name] = value
-    lines = [f"{indent}# {role}: {op.label}, from {why}"]
-    lines += [f"{indent}# {n}" for n in notes]
+    lines = [f"{indent}# {role}: {op.label}, from {_c(why)}"]
+    lines += [f"{indent}# {_c(n)}" for n in notes]
     spec: dict[str, Any] = {}
     default_method = "GET" if role == "state" else "POST"
     if op.method != default_method:
@@ -457,24 +480,48 @@ def route_lines(role: str, op: Operation, why: str, who: Identity, indent: str) 
     )
 
 
+def _server_url(server: Any) -> tuple[str, bool]:
+    """A server's URL with its variables' defaults put in (False: one had none)."""
+    if not isinstance(server, dict):
+        return "", True
+    variables = _dict(server.get("variables"))
+    complete = True
+
+    def put(m: re.Match[str]) -> str:
+        nonlocal complete
+        default = _dict(variables.get(m.group(1))).get("default")
+        if default is None:
+            complete = False
+            return ""
+        return str(default)
+
+    return re.sub(r"\{([^}]*)\}", put, str(server.get("url", "") or "")), complete
+
+
 def _base_url(doc: dict[str, Any], fetched: str | None) -> tuple[str, str]:
     if "swagger" in doc:
         host = doc.get("host")
         base = str(doc.get("basePath", "") or "").rstrip("/")
         if host:
-            scheme = (doc.get("schemes") or ["http"])[0]
-            return f"{scheme}://{host}{base}", "host and basePath"
+            schemes = _list(doc.get("schemes")) or ["http"]
+            return f"{schemes[0]}://{host}{base}", "host and basePath"
         servers: list[Any] = [{"url": base}] if base else []
     else:
-        servers = doc.get("servers") or []
-    url = str(servers[0].get("url", "")) if servers and isinstance(servers[0], dict) else ""
+        servers = _list(doc.get("servers"))
+    url, complete = _server_url(servers[0]) if servers else ("", True)
+    why = "servers[0]"
+    if len(servers) > 1:
+        others = ", ".join(_server_url(s)[0] for s in servers[1:4])
+        why = f"TODO: servers[0] of {len(servers)} (the others: {others})"
+    if not complete:
+        return "http://127.0.0.1:8000", "TODO: the app's address (a server variable has no default)"
     if fetched is not None:
         if not url:
             parts = urllib.parse.urlsplit(fetched)
             return f"{parts.scheme}://{parts.netloc}", "where the document was fetched"
-        return urllib.parse.urljoin(fetched, url).rstrip("/"), "servers[0], from the document's URL"
-    if url.startswith(("http://", "https://")):
-        return url.rstrip("/"), "servers[0]"
+        return urllib.parse.urljoin(fetched, url).rstrip("/"), f"{why}, from the document's URL"
+    if re.match(r"^https?://[^/{}\s]+", url):
+        return url.rstrip("/"), why
     return "http://127.0.0.1:8000" + url.rstrip("/"), "TODO: the app's address"
 
 
@@ -489,9 +536,12 @@ def draft(doc: dict[str, Any], source: str, fetched: str | None = None) -> tuple
     url, url_why = _base_url(doc, fetched)
     todos = 1 if url_why.startswith("TODO") else 0
     out = [
-        f"# Drafted by `session-bridge init --openapi {source}` from "
-        f"{json.dumps(str(info.get('title', 'an app')))} {info.get('version', '')}".rstrip(),
-        f"# ({version}, {len(ops)} operations). Every route is a guess: read the",
+        _c(
+            f"# Drafted by `session-bridge init --openapi {source}` from "
+            f"{json.dumps(str(info.get('title', 'an app')))} "
+            f"{json.dumps(str(info.get('version', '')))}"
+        ),
+        _c(f"# ({version}, {len(ops)} operations). Every route is a guess: read the"),
         "# comments, fix each TODO, then try it on the running app:",
         "#   session-bridge check-config THIS.yaml --probe --session ROOM --user alice",
     ]
@@ -500,9 +550,10 @@ def draft(doc: dict[str, Any], source: str, fetched: str | None = None) -> tuple
         out.append("# No route names a room: the app looks like one global game, so every")
         out.append("# sessionId the clients use maps onto it (say, all use 'main').")
     if who.minted:
-        out.append(f"# The join answers {who.minted!r} and takes no user id: the app mints ids;")
+        minted = f"# The join answers {who.minted!r} and takes no user id: the app mints ids;"
+        out.append(_c(minted))
         out.append("# the draft keeps it per user ({user.appId}) for the later requests.")
-    out += ["upstream:", f"  url: {json.dumps(url)}  # {url_why}"]
+    out += ["upstream:", f"  url: {json.dumps(url)}  # {_c(url_why)}"]
     out.append("  commands:")
     for role in COMMANDS:
         if role not in chosen:

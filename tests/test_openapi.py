@@ -29,7 +29,8 @@ DOCS = Path(__file__).parent / "apps" / "openapi"
 async def init(tmp_path: Path, source: str, capsys: pytest.CaptureFixture[str]) -> tuple[dict, str]:
     out = tmp_path / "draft.yaml"
     # in a thread: the command blocks (as a command does), and the app is in this loop
-    assert await asyncio.to_thread(main, ["init", "--openapi", source, "-o", str(out)]) == 0
+    argv = ["init", "--openapi", source, "-o", str(out), "--force"]
+    assert await asyncio.to_thread(main, argv) == 0
     err = capsys.readouterr().err
     text = out.read_text()
     assert main(["check-config", str(out)]) == 0  # the draft passes check-config as it is
@@ -214,3 +215,90 @@ def test_a_yaml_file_loads_and_a_fetched_relative_server_resolves(tmp_path):
     assert fetched is None and doc["servers"] == [{"url": "/api"}]
     text, todos = draft(doc, str(src), "http://127.0.0.1:5000/docs/openapi.json")
     assert 'url: "http://127.0.0.1:5000/api"' in text
+
+
+ROOM = {
+    "/rooms/{roomId}": {"get": {"operationId": "getRoom"}},
+    "/rooms/{roomId}/participants": {"post": {"operationId": "joinRoom", "requestBody": {
+        "content": {"application/json": {"schema": {"type": "object", "properties": {
+            "userId": {"type": "string"}, "name": {"type": "string"}}}}}}}},
+    "/rooms/{roomId}/votes": {"post": {"operationId": "castVote"}},
+}  # fmt: skip
+
+
+def _doc(**extra: Any) -> dict[str, Any]:
+    return {"openapi": "3.0.3", "info": {"title": "t", "version": "1"},
+            "paths": json.loads(json.dumps(ROOM)), **extra}  # fmt: skip
+
+
+async def _draft(tmp_path: Path, doc: Any, capsys) -> tuple[dict, str]:
+    src = tmp_path / "doc.json"
+    src.write_text(doc if isinstance(doc, str) else json.dumps(doc))
+    return await init(tmp_path, str(src), capsys)
+
+
+async def test_server_variables_take_their_defaults_and_several_servers_are_a_todo(
+    tmp_path, capsys
+):
+    variables = {"scheme": {"default": "https"}, "host": {"default": "poker.example"},
+                 "port": {"default": "8443"}}  # fmt: skip
+    data, _ = await _draft(tmp_path, _doc(servers=[
+        {"url": "{scheme}://{host}:{port}/api", "variables": variables}]), capsys)  # fmt: skip
+    assert data["upstream"]["url"] == "https://poker.example:8443/api"
+    data, text = await _draft(
+        tmp_path,
+        _doc(servers=[{"url": "https://api.prod.example.com"}, {"url": "http://localhost:8000"}]),
+        capsys,
+    )
+    assert "TODO: servers[0] of 2 (the others: http://localhost:8000)" in text
+    data, text = await _draft(tmp_path, _doc(servers=[{"url": "{host}/x"}]), capsys)
+    assert data["upstream"]["url"] == "http://127.0.0.1:8000" and "no default" in text
+
+
+async def test_text_of_the_document_cannot_break_out_of_a_comment(tmp_path, capsys):
+    doc = _doc(info={"title": "t\nupstream: {url: 'http://evil'}", "version": "1.0\nfoo: ["})
+    doc["paths"]["/rooms/{roomId}/votes"]["post"]["operationId"] = "vote\nupstream: {url: x}"
+    doc["paths"]["/rooms/{roomId}/votes"]["post"]["parameters"] = [
+        {"name": "weird\nname", "in": "path", "required": True}
+    ]
+    doc["openapi"] = "3.0.3\nkeepalive: x"
+    data, text = await _draft(tmp_path, doc, capsys)
+    assert data["upstream"]["url"] == "http://127.0.0.1:8000"  # not the injected one
+    assert set(data) == {"upstream"} and "evil" not in json.dumps(data)
+
+
+async def test_odd_shapes_and_a_schema_that_includes_itself_still_draft(tmp_path, capsys):
+    doc = _doc(
+        components={
+            "schemas": {
+                "A": {
+                    "allOf": [{"$ref": "#/components/schemas/A"}],
+                    "properties": {"value": {"type": "string"}},
+                }
+            }
+        }
+    )
+    votes = doc["paths"]["/rooms/{roomId}/votes"]["post"]
+    votes["requestBody"] = {"content": {"application/json": {
+        "schema": {"$ref": "#/components/schemas/A"}}}}  # fmt: skip
+    votes["responses"] = ["not", "a", "map"]
+    doc["paths"]["/rooms/{roomId}"]["get"]["responses"] = {"200": {"content": {
+        "application/json": {"schema": {"properties": ["x"]}}}}}  # fmt: skip
+    data, _ = await _draft(tmp_path, doc, capsys)
+    assert data["upstream"]["commands"]["vote"]["json"] == {"value": "{payload.vote}"}
+
+
+async def test_a_delete_of_every_member_or_of_the_room_is_never_the_leave(tmp_path, capsys):
+    doc = _doc()
+    doc["paths"]["/rooms/{roomId}/players"] = {"delete": {
+        "operationId": "removePlayers", "summary": "Remove every player"}}  # fmt: skip
+    doc["paths"]["/rooms/{roomId}"]["delete"] = {"operationId": "leaveAndDeleteRoom"}
+    data, text = await _draft(tmp_path, doc, capsys)
+    assert "leave" not in data["upstream"]["commands"]
+    assert "# leave: TODO: no operation looked like a leave" in text
+    doc["paths"]["/rooms/{roomId}/players/{playerId}"] = {"delete": {"operationId": "kick"}}
+    data, _ = await _draft(tmp_path, doc, capsys)
+    assert data["upstream"]["commands"]["leave"] == {
+        "method": "DELETE",
+        "path": "/rooms/{sessionId}/players/{userId}",
+    }
