@@ -313,5 +313,8 @@ class Bridge:
 
 def _gone(conn: Connection) -> bool:
     """A poll client waiting for its next poll to carry the notice, that has not
-    polled for a while, is not coming back: the drain does not wait for it."""
-    return bool(getattr(conn, "lingering", False)) and time.monotonic() - conn.last_rx > 2.0
+    polled for a while or hung up in the middle of its last one, is not coming
+    back: the drain does not wait for it."""
+    if not getattr(conn, "lingering", False):
+        return False
+    return bool(getattr(conn, "vanished", False)) or time.monotonic() - conn.last_rx > 2.0

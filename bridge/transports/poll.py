@@ -54,7 +54,7 @@ MAX_CONTROL = 64
 
 
 class PollConnection(ClientConnection):
-    __slots__ = ("lingering", "_bridge", "_control", "_backlog", "_waiter")
+    __slots__ = ("lingering", "vanished", "_bridge", "_control", "_backlog", "_waiter")
 
     transport = "poll"
     codec = JSON
@@ -64,6 +64,8 @@ class PollConnection(ClientConnection):
     def __init__(self, bridge: Bridge, who: Identity, now: float) -> None:
         super().__init__(who, now, close_reason="timeout", count=bridge.count_task_error)
         self.lingering = False
+        #: its client went away in the middle of a held poll: not coming back soon
+        self.vanished = False
         self._bridge = bridge
         self._control: deque[Message] = deque(maxlen=MAX_CONTROL)
         self._backlog: list[Entry] | None = None
@@ -144,6 +146,9 @@ class PollConnection(ClientConnection):
                             read = log.read(log.epoch, cursor, time.monotonic())
                             if isinstance(read, Resumed):
                                 entries = read.entries
+            except asyncio.CancelledError:
+                self.vanished = True  # (its client hung up, or the server stops)
+                raise
             finally:
                 if self._waiter is waiter:  # not yet replaced by a newer poll
                     self._waiter = None

@@ -305,3 +305,4 @@ async def test_a_consumer_stuck_past_its_queue_is_closed_1013(make_stack):
     with contextlib.suppress(TimeoutError):
         await reader
     assert fast.close_code is None
+    slow.abort()  # its reads are paused: a polite close would wait 10 s for the handshake
