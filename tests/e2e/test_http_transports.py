@@ -215,3 +215,17 @@ async def test_poll_wait_is_validated_and_capped(make_stack):
     ) as r:
         assert (await r.json())["messages"] == []
     assert 0.4 < loop.time() - started < 2.0
+
+
+async def test_a_drain_does_not_wait_for_a_poll_client_that_hung_up_mid_poll(make_stack):
+    import time
+
+    stack = await make_stack()
+    client = await stack.connect("hung", "u1", transport="poll")
+    await client.wait_state(lambda s: True)
+    await asyncio.sleep(0.3)  # its next poll is held by the bridge ...
+    await client.close()  # ... when it hangs up
+    await asyncio.sleep(0.1)
+    started = time.monotonic()
+    await stack.bridge.drain(3.0)
+    assert time.monotonic() - started < 1.0  # not the 2 s a quiet poll client gets
