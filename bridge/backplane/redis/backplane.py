@@ -263,6 +263,14 @@ class RedisBackplane:
                 await self._pubsub.aclose()  # type: ignore[no-untyped-call]
         with contextlib.suppress(*OUTAGE):
             await self.redis.aclose()
+        # A caller still finishing (a request handler the server cancelled late)
+        # must not open a connection nobody would close: the pool takes no more,
+        # and such a call fails as an outage would.
+        pool = self.redis.connection_pool
+        with contextlib.suppress(Exception):
+            await pool.disconnect()
+        pool.reset()  # type: ignore[no-untyped-call]
+        pool.max_connections = 0
 
     # ------------------------------------------------------------------ following
     async def open(self, session: SessionView) -> None:
