@@ -94,7 +94,8 @@ test-min: system-deps
 	$(MIN_VENV)/bin/python -m pip install --quiet -c $(MIN_VENV)/floors.txt -e '.[test]'
 	$(MIN_VENV)/bin/python tests/deps/floors.py --check
 	$(MIN_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/e2e tests/hardening \
-		tests/backplane/test_redis_backplane.py
+		tests/backplane/test_redis_backplane.py \
+		--ignore=tests/e2e/test_spreading.py --ignore=tests/e2e/test_admin_live.py
 
 bench: $(STAMP)
 	$(PY) bench/fanout.py
