@@ -152,6 +152,16 @@ async def test_the_primary_is_found_through_sentinel(make_stack, redis_server, t
         r = aioredis.Redis.from_url(redis_server.url.rsplit("/", 1)[0] + "/2")
         assert await r.exists(Keys.of("bridge", "sentinel").log)
         await r.aclose()
+        await client.close()
+        # its stop closes its connections to the sentinel too (they were left to
+        # the garbage collector: CI saw their ResourceWarnings in a later test)
+        bp = backplane(stack)
+        sentinels = bp.redis.connection_pool.sentinel_manager.sentinels
+        pools = [s.connection_pool for s in sentinels]
+        assert any(c.is_connected for p in pools for c in p._available_connections)
+        await bp.stop()
+        assert not any(c.is_connected for p in pools
+                       for c in [*p._available_connections, *p._in_use_connections])  # fmt: skip
     finally:
         proc.terminate()
         proc.wait(timeout=10)

@@ -109,6 +109,7 @@ class RedisBackplane:
         self.metrics = metrics
         self.events = events
         self.instance = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+        self._sentinels: list[aioredis.Redis] = []  # (Sentinel) its clients of the sentinels
         self.redis = self._client()
         self.scripts = Scripts(self.redis)
         self.followers: dict[str, Follower] = {}
@@ -195,6 +196,7 @@ class RedisBackplane:
                 if url.get(key) is not None:
                     kwargs[key] = url[key]
             sentinel = Sentinel(hosts, sentinel_kwargs=sentinel_kwargs, **kwargs)  # type: ignore[no-untyped-call]
+            self._sentinels = list(sentinel.sentinels)  # closed at stop
             master: aioredis.Redis = sentinel.master_for(cfg.sentinel.service)
             return master
         # the URL may carry the db, the password and rediss:// for TLS
@@ -271,6 +273,9 @@ class RedisBackplane:
             await pool.disconnect()
         pool.reset()  # type: ignore[no-untyped-call]
         pool.max_connections = 0
+        for client in self._sentinels:  # its own connections to the sentinels
+            with contextlib.suppress(Exception):
+                await client.aclose()
 
     # ------------------------------------------------------------------ following
     async def open(self, session: SessionView) -> None:
