@@ -39,6 +39,7 @@ from typing import Any
 
 from aiohttp import web
 
+from .protocol import sse
 from .runtime import Bridge, Session
 from .transports.common import BRIDGE, METRICS, json_error
 
@@ -287,10 +288,9 @@ class Feed:
         rates = Rates()
         while self.watchers:
             snapshot = overview(self.bridge, self.metrics, rates)
-            data = json.dumps(snapshot, separators=(",", ":")).encode()
-            event = b"event: overview\ndata: " + data
+            event = sse.event("overview", json.dumps(snapshot, separators=(",", ":")).encode())
             for queue in list(self.watchers):
-                _put_newest(queue, event + b"\n\n")  # encoded once, for every watcher
+                _put_newest(queue, event)  # encoded once, for every watcher
             await asyncio.sleep(EVERY)
 
     def close(self) -> None:

@@ -36,6 +36,8 @@ from ..metrics import Metrics
 
 Kind = Literal["command", "keepalive", "poll"]
 PRIORITY: dict[Kind, int] = {"command": 0, "keepalive": 1, "poll": 2}
+#: the kinds by priority (a queue's index)
+KINDS: tuple[Kind, ...] = tuple(sorted(PRIORITY, key=PRIORITY.__getitem__))
 
 
 def kind_of(name: str) -> Kind:
@@ -117,8 +119,7 @@ class UpstreamLimits:
                 self.waiting -= 1
                 if waiter.future.done():  # cancelled meanwhile: its place is free anyway
                     return True
-                kind = next(k for k, v in PRIORITY.items() if v == level)
-                self.metrics.upstream_requests.labels(kind, "busy").inc()
+                self.metrics.upstream_requests.labels(KINDS[level], "busy").inc()
                 waiter.future.set_exception(UpstreamBusy("a more urgent request took its place"))
                 return True
         return False

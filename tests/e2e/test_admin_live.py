@@ -11,6 +11,7 @@ import time
 import aiohttp
 
 from bridge.admin import FEED
+from bridge.protocol.sse import EventParser
 from bridge.runtime.history import WAVE, History
 
 ADMIN = {"admin": {"token": "sesame"}}
@@ -18,14 +19,13 @@ AUTH = {"Authorization": "Bearer sesame"}
 
 
 async def read_events(resp: aiohttp.ClientResponse, n: int) -> list[dict]:
-    out, buf = [], b""
+    parser = getattr(resp, "sse_parser", None)  # one per stream: an event may span reads
+    if parser is None:
+        parser = resp.sse_parser = EventParser()  # type: ignore[attr-defined]
+    out: list[dict] = []
     while len(out) < n:
-        buf += await asyncio.wait_for(resp.content.readany(), 5)
-        while b"\n\n" in buf:
-            block, buf = buf.split(b"\n\n", 1)
-            lines = dict(line.split(": ", 1) for line in block.decode().split("\n") if ": " in line)
-            if lines.get("event") == "overview":
-                out.append(json.loads(lines["data"]))
+        chunk = await asyncio.wait_for(resp.content.readany(), 5)
+        out += [json.loads(e.data) for e in parser.feed(chunk) if e.type == "overview"]
     return out
 
 
